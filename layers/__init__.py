@@ -1,0 +1,15 @@
+"""The zoo's layers: a registry of sequence mixers and channel mixers.
+
+    from layers import build, names
+    mixer = build("attention", d_model=64, num_heads=4)   # or: from layers import Attention
+
+Importing this package needs torch (and einops) only; accelerated kernels are imported lazily.
+"""
+
+from .registry import (ChannelMixer, SequenceMixer, build, get, names, options,  # noqa: F401
+                       register)
+from .attention import Attention  # noqa: F401  (registers "attention")
+from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
+
+__all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
+           "Attention", "SwiGLU", "NoChannelMixer"]

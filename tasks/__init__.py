@@ -1,0 +1,10 @@
+"""The zoo's task suite: synthetic generators, splits, leakage check and metrics (torch only).
+
+    from tasks import build
+    task = build("assoc_recall", seq_len=64, num_kv_pairs=4)
+    inputs, targets = task.generate(1000, torch.Generator().manual_seed(0))
+"""
+
+from .base import (IGNORE, SPLITS, Task, accuracy_counts, build, knobs, leakage,  # noqa: F401
+                   make_split, names, predictions_at, rates, register_task, split_seed)
+from .assoc_recall import AssocRecall  # noqa: F401  (registers "assoc_recall")

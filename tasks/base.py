@@ -1,0 +1,176 @@
+"""What every task shares: the task registry, split seeds, the leakage check and metrics.
+
+A task is a small dataclass of knobs with a vectorised ``generate(n, generator)`` returning
+``inputs [N, T] long`` and ``targets [N, T] long`` with ``IGNORE`` (-100) where no loss and no
+metric apply. ``at_length(T)`` gives the same task at another length (the length-
+generalisation protocol), scaling the knobs that the task ties to ``T``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Callable, ClassVar
+
+import torch
+
+IGNORE = -100
+SPLITS = ("train", "val", "test")
+_TASKS: dict[str, type["Task"]] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    def wrap(cls: type) -> type:
+        if name in _TASKS:
+            raise ValueError(f"task {name!r} is registered twice")
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+
+    return wrap
+
+
+def names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def knobs(name: str) -> dict[str, Any]:
+    """The knobs of a task with their defaults."""
+    cls = _get(name)
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _get(name: str) -> type["Task"]:
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(names())}") from None
+
+
+def build(name: str, **kw: Any) -> "Task":
+    """Instantiate a task, failing on unknown names or knobs (before any generation)."""
+    cls = _get(name)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in kw if k not in valid]
+    if unknown:
+        raise ValueError(f"{name}: unknown knob(s) {', '.join(map(repr, unknown))}; "
+                         f"valid knobs: {', '.join(valid)}")
+    return cls(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: ClassVar[str] = ""
+    seq_len: int
+    vocab_size: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending knob."""
+
+    def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def at_length(self, seq_len: int) -> "Task":
+        return dataclasses.replace(self, seq_len=seq_len)
+
+    def oracle(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Predictions of a perfect solver at every position ([N, T] long); tests only need
+        them to be right where targets are supervised."""
+        raise NotImplementedError
+
+
+def split_seed(seed: int, split: str, seq_len: int) -> int:
+    """Disjoint seed streams: a stable hash of (seed, split, length) into 63 bits."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not one of {SPLITS}")
+    digest = hashlib.sha256(f"{seed}/{split}/{seq_len}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_split(task: Task, n: int, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(split_seed(seed, split, task.seq_len))
+    return task.generate(n, g)
+
+
+def row_hashes(x: torch.Tensor) -> torch.Tensor:
+    """A 64-bit hash per row of a long tensor (wrapping polynomial hash, two bases mixed)."""
+    x = x.long() + 1
+    T = x.shape[1]
+    exps = torch.arange(T, dtype=torch.long)
+    h1 = (x * _powers(1_000_003, exps)).sum(1)
+    h2 = (x * _powers(998_244_353, exps)).sum(1)
+    return h1 ^ (h2 * 0x9E3779B1)
+
+
+def _powers(base: int, exps: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(exps)
+    acc = 1
+    for i in range(len(exps)):  # T steps, not N: cheap
+        out[i] = acc
+        acc = (acc * base) & 0xFFFFFFFFFFFFFFFF
+        if acc >= 1 << 63:
+            acc -= 1 << 64
+    return out
+
+
+def leakage(train_inputs: torch.Tensor, other_inputs: torch.Tensor) -> int:
+    """How many rows of ``other_inputs`` also occur in ``train_inputs``."""
+    if train_inputs.shape[1] != other_inputs.shape[1]:
+        return 0
+    return int(torch.isin(row_hashes(other_inputs), row_hashes(train_inputs)).sum())
+
+
+def predictions_at(targets: torch.Tensor, preds_flat: torch.Tensor) -> torch.Tensor:
+    """Scatter predictions made at supervised positions back into an [N, T] tensor."""
+    out = torch.full_like(targets, IGNORE)
+    out[targets != IGNORE] = preds_flat
+    return out
+
+
+def accuracy_counts(preds: torch.Tensor, targets: torch.Tensor) -> dict[str, int]:
+    """Counts for token accuracy (micro average over supervised positions) and exact match
+    (every supervised position of an example right); sums of these combine across batches."""
+    mask = targets != IGNORE
+    correct = (preds == targets) & mask
+    has_label = mask.any(1)
+    exact = (correct.sum(1) == mask.sum(1)) & has_label
+    return {"correct": int(correct.sum()), "total": int(mask.sum()),
+            "exact": int(exact.sum()), "examples": int(has_label.sum())}
+
+
+def rates(counts: dict[str, int]) -> dict[str, float]:
+    return {"acc": counts["correct"] / max(counts["total"], 1),
+            "exact_match": counts["exact"] / max(counts["examples"], 1)}
+
+
+def sample_distinct(n_rows: int, k: int, low: int, high: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """``[n_rows, k]`` integers from ``[low, high)``, distinct within each row, in random order.
+
+    Rejection: redraw duplicates until none are left (fast when ``k`` is small against the
+    range); a per-row random permutation when ``k`` is a large fraction of it.
+    """
+    span = high - low
+    if k > span:
+        raise ValueError(f"cannot draw {k} distinct values from a range of {span}")
+    if 4 * k > span:
+        out = torch.empty(n_rows, k, dtype=torch.long)
+        step = max(1, (1 << 24) // span)
+        for s in range(0, n_rows, step):
+            m = min(step, n_rows - s)
+            out[s:s + m] = torch.rand(m, span, generator=generator).argsort(1)[:, :k] + low
+        return out
+    x = torch.randint(low, high, (n_rows, k), generator=generator)
+    while True:
+        x, _ = x.sort(1)
+        dup = torch.zeros_like(x, dtype=torch.bool)
+        dup[:, 1:] = x[:, 1:] == x[:, :-1]
+        n_dup = int(dup.sum())
+        if n_dup == 0:
+            break
+        x[dup] = torch.randint(low, high, (n_dup,), generator=generator)
+    order = torch.rand(n_rows, k, generator=generator).argsort(1)
+    return x.gather(1, order)

@@ -1,0 +1,91 @@
+import copy
+import json
+
+import pytest
+
+from zoo import leaderboard
+from zoo.record import SCHEMA_VERSION, write_record
+
+BASE_CFG = {
+    "task": {"name": "assoc_recall", "seq_len": 64, "num_kv_pairs": 4, "vocab_size": 8192,
+             "power_a": 0.01, "random_non_queries": True, "num_train": 100, "num_val": 10,
+             "num_test": 10, "batch_size": 8, "eval_lengths": None},
+    "layer": {"name": "attention", "num_heads": 4, "pos": "rope", "window": None},
+    "model": {"d_model": 64, "n_layers": 2, "pattern": None, "channel": "mlp"},
+    "optim": {"lr": 1e-3, "weight_decay": 0.1},
+    "trainer": {"max_steps": 10},
+    "seed": 0, "results_dir": "x", "out_dir": "y",
+}
+
+
+def rec(run_id, lr, seed, val, test, layer="attention", status="completed", **cfg_changes):
+    cfg = copy.deepcopy(BASE_CFG)
+    cfg["optim"]["lr"] = lr
+    cfg["seed"] = seed
+    cfg["layer"]["name"] = layer
+    for k, v in cfg_changes.items():
+        cfg["model"][k] = v
+    metrics = {} if status != "completed" else {"val/acc": val, "test/acc": test,
+                                                  "test/exact_match": test / 2}
+    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "status": status, "time": "t",
+            "task": "assoc_recall", "layer": layer, "config": cfg, "seed": seed,
+            "metrics": metrics, "params": 1000, "state_size": 512,
+            "throughput_tokens_per_s": 100.0, "wall_time_s": 1.0, "error": None}
+
+
+@pytest.fixture
+def results(tmp_path):
+    d = tmp_path / "results"
+    # lr 1e-3 wins on validation but loses on test: the table must report it anyway.
+    for i, (val, test) in enumerate([(0.90, 0.50), (0.92, 0.52), (0.94, 0.54)]):
+        write_record(d, rec(f"a{i}", 1e-3, i, val, test))
+    for i, (val, test) in enumerate([(0.80, 0.99), (0.82, 0.99)]):
+        write_record(d, rec(f"b{i}", 1e-2, i, val, test))
+    write_record(d, rec("c0", 1e-3, 0, 0, 0, status="failed"))
+    write_record(d, rec("d0", 1e-3, 0, 0.5, 0.6, n_layers=1))
+    return d
+
+
+def test_selects_on_validation_and_reports_test_over_seeds(results):
+    summary = leaderboard.summarise(leaderboard.load_records(results)[0])
+    rows = {r["model"].split()[1]: r for r in summary["assoc_recall"]}
+    two = rows["x2"]
+    assert two["hp"]["lr"] == 1e-3 and two["n"] == 3 and two["failed"] == 1
+    assert two["test"][0] == pytest.approx(0.52)
+    assert two["test"][1] == pytest.approx(0.02)
+    assert two["val"][0] == pytest.approx(0.92)
+    assert rows["x1"]["n"] == 1
+
+
+def test_render_marks_best_and_is_byte_stable(results, tmp_path):
+    out = tmp_path / "leaderboard.md"
+    assert leaderboard.main(["--results", str(results), "--out", str(out)]) == 0
+    first = out.read_bytes()
+    text = first.decode()
+    assert "0.5200 ± 0.0200 (n=3)" in text
+    assert "**0.6000 ± 0.0000 (n=1)**" in text  # best test accuracy of the task is marked
+    assert leaderboard.main(["--results", str(results), "--out", str(out)]) == 0
+    assert out.read_bytes() == first
+    assert leaderboard.main(["--results", str(results), "--out", str(out), "--check"]) == 0
+
+
+def test_check_detects_stale_file(results, tmp_path):
+    out = tmp_path / "leaderboard.md"
+    leaderboard.main(["--results", str(results), "--out", str(out)])
+    write_record(results, rec("e0", 1e-3, 5, 0.99, 0.99, layer="other"))
+    assert leaderboard.main(["--results", str(results), "--out", str(out), "--check"]) == 1
+
+
+def test_corrupt_and_foreign_files_are_reported_not_fatal(results, tmp_path):
+    (results / "assoc_recall" / "attention" / "broken.json").write_text('{"run_id": ')
+    (results / "foreign.json").write_text(json.dumps({"hello": 1}))
+    text = leaderboard.build(results)
+    assert "broken.json: unreadable" in text and "foreign.json: not a run record" in text
+    assert "0.5200 ± 0.0200 (n=3)" in text
+
+
+def test_records_are_immutable(results):
+    with pytest.raises(FileExistsError):
+        write_record(results, rec("a0", 1e-3, 0, 0.1, 0.1))
+    assert json.loads((results / "assoc_recall" / "attention" / "a0.json").read_text())[
+        "metrics"]["val/acc"] == 0.90

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from zoo.record import REQUIRED, load_records
+from zoo.train import run
+
+
+def records_in(path):
+    return sorted(path.rglob("*.json"))
+
+
+def test_tiny_run_writes_a_valid_record(make_cfg, tmp_path):
+    record = run(make_cfg())
+    files = records_in(tmp_path / "results")
+    assert len(files) == 1
+    assert files[0].parent.parts[-2:] == ("assoc_recall", "attention")
+    on_disk = json.loads(files[0].read_text())
+    assert on_disk == json.loads(json.dumps(record, default=str))
+    assert all(k in on_disk for k in REQUIRED)
+    assert on_disk["status"] == "completed" and on_disk["error"] is None
+    m = on_disk["metrics"]
+    for key in ("val/acc", "test/acc", "test/exact_match", "test/acc@len=64"):
+        assert 0.0 <= m[key] <= 1.0
+    assert on_disk["steps"] == 8
+    assert on_disk["params"] > on_disk["params_non_embedding"] > 0
+    assert on_disk["state_size"] == 2 * 2 * 32 * 64  # 2 layers of KV cache at T=64, D=32
+    assert on_disk["config"]["layer"]["name"] == "attention"
+    assert on_disk["leakage"] == {"val": 0, "test": 0}
+    assert on_disk["packages"]["torch"] == torch.__version__.split("+")[0] or on_disk["packages"]["torch"]
+    assert not list((tmp_path / "results").rglob("*.tmp")), "temp files left behind"
+    records, problems = load_records(tmp_path / "results")
+    assert len(records) == 1 and not problems
+
+
+class PoisonWeights(Callback):
+    """Makes the loss non-finite from the third step on."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == 2:
+            with torch.no_grad():
+                module.model.norm.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_records_failure(make_cfg, tmp_path):
+    record = run(make_cfg(), callbacks=[PoisonWeights()])
+    assert record["status"] == "failed"
+    assert "non-finite loss" in record["error"] and "step 2" in record["error"]
+    assert record["steps"] < 8, "the run must stop at the non-finite loss"
+    assert not any(k.startswith("test/") for k in record["metrics"])
+    files = records_in(tmp_path / "results")
+    assert len(files) == 1 and json.loads(files[0].read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("layer.name=no_such_mixer", "known sequence mixers: .*attention"),
+    ("+layer.num_hedas=2", "'num_hedas'"),
+    ("layer.num_heads=3", "d_model=32 is not divisible by num_heads=3"),
+    ("task.num_kv_pairs=17", "num_kv_pairs"),
+    ("task.vocab_size=64", "vocab_size"),
+    ("task.seq_len=63", "seq_len"),
+    ("+task.bogus=1", "'bogus'"),
+    ("model.channel=nope", "known channel mixers"),
+    ("task.batch_size=0", "batch_size"),
+])
+def test_bad_input_fails_before_any_work(make_cfg, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run(make_cfg(override))
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "zoo.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_unknown_layer_lists_choices(tmp_path):
+    proc = cli("layer=no_such_mixer", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "no_such_mixer" in proc.stderr and "attention" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_tiny_run_from_another_directory(tmp_path):
+    proc = cli("debug=tiny", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = records_in(tmp_path / "results")
+    assert len(files) == 1
+    assert json.loads(files[0].read_text())["status"] == "completed"

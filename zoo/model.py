@@ -1,0 +1,133 @@
+"""The backbone every zoo model shares: mixers from the registry in pre-norm residual blocks.
+
+    h = embed(tokens) [+ pos]
+    for each block:  h = h + mixer(norm(h));  h = h + channel(norm(h))
+    logits = norm(h) @ embed.weight^T        (tied head)
+
+``pattern`` lists sequence-mixer names repeated over ``n_layers`` (``[gla, gla, attention]``
+makes a hybrid); each entry takes its options from ``mixer_options[name]``. The model knows no
+layer by name: everything layer-specific goes through the registry contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+import layers
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, mixer: str, mixer_opts: dict[str, Any], channel: str,
+                 channel_opts: dict[str, Any], layer_idx: int, norm_eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(d_model, eps=norm_eps)
+        self.mixer = layers.build(mixer, d_model, layer_idx=layer_idx, **mixer_opts)
+        self.norm2 = nn.RMSNorm(d_model, eps=norm_eps)
+        self.channel = layers.build(channel, d_model, kind="channel", **channel_opts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.channel(self.norm2(x))
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.step(self.norm1(x_t), state)
+        x_t = x_t + y
+        return x_t + self.channel(self.norm2(x_t)), state
+
+
+class Backbone(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2,
+                 pattern: Sequence[str] | str = "attention",
+                 mixer_options: dict[str, dict[str, Any]] | None = None,
+                 channel: str = "mlp", channel_options: dict[str, Any] | None = None,
+                 max_positions: int = 0, norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        pattern = [pattern] if isinstance(pattern, str) else list(pattern)
+        if not pattern:
+            raise ValueError("model: pattern must name at least one sequence mixer")
+        if n_layers < 1:
+            raise ValueError(f"model: n_layers must be >= 1, got {n_layers}")
+        mixer_options = dict(mixer_options or {})
+        unused = set(mixer_options) - set(pattern)
+        if unused:
+            raise ValueError(f"model: mixer_options given for {sorted(unused)}, which the "
+                             f"pattern {pattern} does not use")
+        self.vocab_size, self.d_model, self.pattern = vocab_size, d_model, pattern
+        self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.embed.weight._no_weight_decay = True
+        # Most mixers bring their own positions; a learned table is there for those that don't.
+        self.pos = nn.Embedding(max_positions, d_model) if max_positions else None
+        if self.pos is not None:
+            nn.init.normal_(self.pos.weight, std=0.02)
+            self.pos.weight._no_weight_decay = True
+        self.blocks = nn.ModuleList(
+            Block(d_model, pattern[i % len(pattern)], mixer_options.get(pattern[i % len(pattern)], {}),
+                  channel, dict(channel_options or {}), i, norm_eps)
+            for i in range(n_layers))
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states ``[B, T, D]``."""
+        h = self.embed(tokens)
+        if self.pos is not None:
+            if tokens.shape[1] > self.pos.num_embeddings:
+                raise ValueError(f"model: sequence length {tokens.shape[1]} exceeds "
+                                 f"max_positions={self.pos.num_embeddings}")
+            h = h + self.pos.weight[: tokens.shape[1]]
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits for any ``[..., D]`` hidden states: call it on the supervised positions only."""
+        return h @ self.embed.weight.T
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(tokens))
+
+    def mixers(self) -> Iterator[nn.Module]:
+        return (b.mixer for b in self.blocks)
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Auxiliary losses reported by the layers after the last forward, summed by name."""
+        out: dict[str, torch.Tensor] = {}
+        for block in self.blocks:
+            for part in (block.mixer, block.channel):
+                for k, v in part.aux_losses().items():
+                    out[k] = out[k] + v if k in out else v
+        return out
+
+    def state_size(self, seq_len: int) -> int:
+        """Theoretical state size (floats) of all sequence mixers at that length."""
+        return sum(int(m.state_size(seq_len)) for m in self.mixers())
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel() + (self.pos.weight.numel() if self.pos is not None else 0)
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Rough forward+backward FLOPs per token (6N plus attention-like mixing at 12 L D T)."""
+        return 6 * self.num_params(non_embedding=True) + 12 * len(self.blocks) * self.d_model * seq_len
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices; none on norms, biases, embeddings and any parameter
+    marked ``_no_weight_decay``; parameters marked ``_optim`` get a group of their own."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        extra = dict(getattr(p, "_optim", {}))
+        no_decay = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or "weight_decay" in extra
+        settings = {"weight_decay": 0.0 if no_decay else weight_decay, **extra}
+        key = tuple(sorted(settings.items()))
+        group = groups.setdefault(key, {"params": [], "names": [], **settings})
+        group["params"].append(p)
+        group["names"].append(name)
+    return list(groups.values())

@@ -1,0 +1,121 @@
+"""The LightningModule: loss on supervised positions only, AdamW with per-parameter groups,
+linear warmup then cosine decay (stepped every optimiser step), micro-averaged metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+import tasks
+from .model import Backbone, param_groups
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup over ``warmup`` steps, cosine to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ZooModule(L.LightningModule):
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any],
+                 eval_lengths: list[int] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = Backbone(**model)
+        self.optim = dict(optim)
+        self.eval_lengths = list(eval_lengths or [])
+        self.failure: str | None = None
+        self.metrics: dict[str, float] = {}
+        self._counts: dict[str, torch.Tensor] = {}
+        self._train_tokens = 0
+        self._train_seconds = 0.0
+        self._t0 = 0.0
+
+    def _forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        x, y = batch
+        sel = y != tasks.IGNORE
+        logits = self.model.head(self.model.hidden(x)[sel])  # [M, V]: supervised positions only
+        loss = F.cross_entropy(logits.float(), y[sel])
+        return loss, logits, y
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        loss, _, _ = self._forward(batch)
+        aux = self.model.aux_losses()
+        total = loss + sum(aux.values()) if aux else loss
+        if not torch.isfinite(total):
+            self.failure = f"non-finite loss ({total.item()}) at step {self.global_step}"
+            self.trainer.should_stop = True
+            return None  # skips the optimiser step
+        self.log("train/loss", loss, prog_bar=True)
+        for k, v in aux.items():
+            self.log(f"train/{k}", v)
+        return total
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._train_seconds += time.perf_counter() - self._t0
+        self._train_tokens += batch[0].numel()
+
+    @property
+    def train_throughput(self) -> float:
+        """Training tokens per second (optimiser steps included, evaluation excluded)."""
+        return self._train_tokens / self._train_seconds if self._train_seconds else 0.0
+
+    def _accumulate(self, key: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        loss, logits, y = self._forward(batch)
+        preds = tasks.predictions_at(y, logits.argmax(-1))
+        c = tasks.accuracy_counts(preds, y)
+        row = torch.tensor([c["correct"], c["total"], c["exact"], c["examples"],
+                            float(loss) * c["total"]], dtype=torch.float64)
+        self._counts[key] = self._counts.get(key, torch.zeros(5, dtype=torch.float64)) + row
+
+    def _finish(self, key: str) -> dict[str, float]:
+        row = self._counts.pop(key, torch.zeros(5, dtype=torch.float64)).to(self.device)
+        row = self.trainer.strategy.reduce(row, reduce_op="sum")  # sums over DDP ranks
+        correct, total, exact, examples, loss_sum = row.tolist()
+        return {"acc": correct / max(total, 1), "exact_match": exact / max(examples, 1),
+                "loss": loss_sum / max(total, 1)}
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._accumulate("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        out = self._finish("val")
+        for k, v in out.items():
+            self.log(f"val/{k}", v, prog_bar=(k == "acc"), sync_dist=False)
+            self.metrics[f"val/{k}"] = v
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+                  dataloader_idx: int = 0) -> None:
+        self._accumulate(f"test{dataloader_idx}", batch)
+
+    def on_test_epoch_end(self) -> None:
+        for i, length in enumerate(self.eval_lengths):
+            out = self._finish(f"test{i}")
+            for k, v in out.items():
+                self.metrics[f"test/{k}@len={length}"] = v
+                if i == 0:  # the training length is listed first
+                    self.metrics[f"test/{k}"] = v
+        for k, v in self.metrics.items():
+            if k.startswith("test/"):
+                self.log(k, v, add_dataloader_idx=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        opt = torch.optim.AdamW(param_groups(self.model, o["weight_decay"]), lr=o["lr"],
+                                betas=tuple(o.get("betas", (0.9, 0.98))), eps=o.get("eps", 1e-8))
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = max(1, int(o.get("warmup_fraction", 0.05) * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup, total, o.get("min_lr_ratio", 0.0)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

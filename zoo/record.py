@@ -1,0 +1,114 @@
+"""Run records: one immutable JSON file per run under ``results/<task>/<layer>/<run_id>.json``.
+
+Written atomically (a temp file in the same directory, fsync, then ``os.replace``), so a crash
+or a parallel sweep worker never leaves a half-written or clobbered record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEMA_VERSION = 1
+REQUIRED = ("schema_version", "run_id", "status", "time", "task", "layer", "config", "seed",
+            "metrics")
+PACKAGES = ("torch", "lightning", "hydra-core", "einops", "torchmetrics")
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def git_sha() -> str | None:
+    """Commit of the source tree this code runs from, with ``-dirty`` if it has local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": cpu_name(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def record_path(results_dir: str | Path, record: dict[str, Any]) -> Path:
+    return Path(results_dir) / record["task"] / record["layer"] / f"{record['run_id']}.json"
+
+
+def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Atomically write a record; refuses to overwrite an existing one (records are immutable)."""
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"record is missing {missing}")
+    path = record_path(results_dir, record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=1, sort_keys=True, default=str) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # fails if the record exists, unlike os.replace
+    finally:
+        os.unlink(tmp)
+    return path
+
+
+def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every valid record under ``results_dir``, and a note for each file that is not one."""
+    records, problems = [], []
+    for path in sorted(Path(results_dir).rglob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems.append(f"{path}: unreadable ({type(e).__name__})")
+            continue
+        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):
+            problems.append(f"{path}: not a run record")
+            continue
+        if rec["schema_version"] != SCHEMA_VERSION:
+            problems.append(f"{path}: schema_version {rec['schema_version']} is not {SCHEMA_VERSION}")
+            continue
+        records.append(rec)
+    return records, problems

@@ -1,0 +1,126 @@
+"""``python -m zoo.train layer=<mixer> task=<task> [overrides]``: train one model, test the
+checkpoint chosen on validation, write one run record.
+
+Everything is validated (layer name and options, task knobs, model shape) before any data is
+generated or any step is taken. A non-finite loss stops the run, which is recorded as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+import layers
+import tasks
+from .data import TaskDataModule, split_task_config
+from .module import ZooModule
+from .record import device_info, git_sha, new_run_id, package_versions, write_record
+
+log = logging.getLogger("zoo.train")
+
+
+def model_kwargs(cfg: DictConfig | dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """Backbone kwargs from the ``layer`` and ``model`` groups; the task gives ``vocab_size``."""
+    layer = dict(cfg["layer"])
+    name = layer.pop("name")
+    model = dict(cfg["model"])
+    pattern = model.pop("pattern", None) or [name]
+    pattern = [pattern] if isinstance(pattern, str) else list(pattern)
+    mixer_options = {k: dict(v) for k, v in (model.pop("mixer_options", None) or {}).items()}
+    if name in pattern:
+        mixer_options[name] = {**mixer_options.get(name, {}), **layer}
+    return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}
+
+
+def _callbacks(cfg: DictConfig, out_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    es = cfg.early_stopping
+    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=es.monitor, mode=es.mode,
+                           save_top_k=1, filename="best", save_last=False)
+    cbs: list[Callback] = [
+        EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience,
+                      stopping_threshold=es.get("stopping_threshold"), check_finite=True),
+        ckpt,
+    ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        cbs.append(TQDMProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
+    return cbs, ckpt
+
+
+def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train, test and record one run; returns the record written."""
+    started = time.time()
+    torch.set_float32_matmul_precision("high")
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    layer_name = cfg.layer.name
+    task_name, knobs, sizes = split_task_config(cfg_dict["task"])
+
+    # Validate everything before any work: bad knobs fail here, naming themselves.
+    task = tasks.build(task_name, **knobs)
+    mkw = model_kwargs(cfg_dict, task.vocab_size)
+    ZooModule(mkw, cfg_dict["optim"])  # builds the model once to check its options
+    dm = TaskDataModule(task, seed=cfg.seed, **sizes)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = ZooModule(mkw, cfg_dict["optim"], eval_lengths=dm.eval_lengths)
+    out_dir = Path(cfg.out_dir)
+    cbs, ckpt = _callbacks(cfg, out_dir)
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = L.Trainer(**cfg_dict["trainer"], callbacks=[*cbs, *callbacks], logger=logger,
+                        default_root_dir=str(out_dir))
+    trainer.fit(module, datamodule=dm)
+
+    status = "failed" if module.failure else "completed"
+    if status == "completed":
+        best = ckpt.best_model_path or None
+        trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+
+    record = {
+        "schema_version": 1,
+        "run_id": new_run_id(),
+        "status": status,
+        "error": module.failure,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "git_sha": git_sha(),
+        "task": task_name,
+        "layer": layer_name,
+        "config": cfg_dict,
+        "seed": cfg.seed,
+        "params": module.model.num_params(),
+        "params_non_embedding": module.model.num_params(non_embedding=True),
+        "state_size": module.model.state_size(task.seq_len),
+        "metrics": {k: float(v) for k, v in sorted(module.metrics.items())},
+        "steps": trainer.global_step,
+        "best_checkpoint": ckpt.best_model_path or None,
+        "leakage": dm.leakage,
+        "throughput_tokens_per_s": module.train_throughput,
+        "wall_time_s": time.time() - started,
+        "device": device_info(),
+        "packages": package_versions(),
+    }
+    if trainer.is_global_zero:
+        path = write_record(cfg.results_dir, record)
+        log.info("%s run %s: test acc %s, record %s", status, record["run_id"],
+                 record["metrics"].get("test/acc"), path)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    record = run(cfg)
+    if record["status"] != "completed":
+        raise SystemExit(f"run failed: {record['error']}")
+    return record["metrics"].get("val/acc")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()
