@@ -31,6 +31,7 @@ from .positional import POSITIONS, attention_bias, rope
 from .registry import SequenceMixer, register
 
 
+@register("swa", window=64)
 @register("attention")
 class Attention(SequenceMixer):
     label = "attention"  # names the mixer in option errors
