@@ -8,8 +8,10 @@ Importing this package needs torch (and einops) only; accelerated kernels are im
 
 from .registry import (ChannelMixer, SequenceMixer, build, get, names, options,  # noqa: F401
                        register)
-from .attention import Attention  # noqa: F401  (registers "attention")
+from .attention import Attention  # noqa: F401  (registers "attention", "swa")
+from .cat import ConvAugmentedAttention  # noqa: F401  (registers "cat")
+from .ssa import SelectiveAttention  # noqa: F401  (registers "ssa")
 from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
 
 __all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
-           "Attention", "SwiGLU", "NoChannelMixer"]
+           "Attention", "SelectiveAttention", "ConvAugmentedAttention", "SwiGLU", "NoChannelMixer"]

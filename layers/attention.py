@@ -1,14 +1,21 @@
 """Causal multi-head softmax attention (Vaswani et al. 2017), the zoo's baseline.
 
-    y = W_o concat_h softmax(q_h k_h^T / sqrt(dk) + mask) v_h
+    y = W_o concat_h softmax(q_h k_h^T / sqrt(dk) + b_h) v_h
 
-with ``mask`` causal, optionally restricted to a sliding ``window`` (token ``i`` sees keys
-``i - window < j <= i``). Positions: ``rope`` (default) or ``nope`` (none).
+with ``b_h`` the causal mask, optionally restricted to a sliding ``window`` (token ``i`` sees
+keys ``i - window < j <= i``; registered on its own as ``swa``), plus the positional scheme
+``pos`` (layers/positional.py): ``rope`` (default), ``nope``, ``alibi`` (``b_h[i, j] =
+-m_h (i - j)``) or ``hard_alibi`` (head ``h < num_masked_heads`` sees only ``i - j <= h``).
+``qk_norm`` RMS-normalises q and k per head (learned gain) before the positional step.
 
 Paths: ``reference`` materialises the attention matrix in fp32; ``forward`` uses
 ``F.scaled_dot_product_attention`` (which dispatches to flash/memory-efficient kernels where
-the device has them); ``step`` keeps a KV cache (only the last ``window`` entries when windowed).
+the device has them) with the bias as ``attn_mask``; ``step`` keeps a KV cache (only the last
+``window`` entries when windowed) and applies the same bias at absolute positions.
 State size: ``2 D t`` floats at position ``t`` (the KV cache), ``2 D window`` with a window.
+
+Subclasses (``ssa``, ``cat``) change how q, k, v are made (``_project``, ``_qkv``) and what the
+mixing matrix acts on (``_values``, ``_mix_sources``); the attention itself is shared.
 """
 
 from __future__ import annotations
@@ -20,88 +27,147 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .positional import rope
+from .positional import POSITIONS, attention_bias, rope
 from .registry import SequenceMixer, register
 
-POSITIONS = ("rope", "nope")
 
-
+@register("swa", window=64)
 @register("attention")
 class Attention(SequenceMixer):
+    label = "attention"  # names the mixer in option errors
+
     def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
-                 pos: str = "rope", window: int | None = None, rope_base: float = 10000.0,
-                 bias: bool = False) -> None:
+                 pos: str = "rope", window: int | None = None,
+                 num_masked_heads: int | None = None, qk_norm: bool = False,
+                 rope_base: float = 10000.0, bias: bool = False) -> None:
         super().__init__()
+        name = self.label
         if num_heads <= 0 or d_model % num_heads:
-            raise ValueError(f"attention: d_model={d_model} is not divisible by num_heads={num_heads}")
-        if (d_model // num_heads) % 2 and pos == "rope":
-            raise ValueError(f"attention: pos='rope' needs an even head dim, got d_model/num_heads="
-                             f"{d_model // num_heads}")
+            raise ValueError(f"{name}: d_model={d_model} is not divisible by num_heads={num_heads}")
         if pos not in POSITIONS:
-            raise ValueError(f"attention: pos={pos!r} is not one of {POSITIONS}")
+            raise ValueError(f"{name}: pos={pos!r} is not one of {POSITIONS}")
+        if (d_model // num_heads) % 2 and pos == "rope":
+            raise ValueError(f"{name}: pos='rope' needs an even head dim, got d_model/num_heads="
+                             f"{d_model // num_heads}")
         if window is not None and window < 1:
-            raise ValueError(f"attention: window must be a positive int or None, got {window}")
+            raise ValueError(f"{name}: window must be a positive int or None, got {window}")
+        if num_masked_heads is not None and pos != "hard_alibi":
+            raise ValueError(f"{name}: num_masked_heads applies only to pos='hard_alibi', "
+                             f"got pos={pos!r}")
+        if num_masked_heads is None:
+            num_masked_heads = num_heads // 2 if pos == "hard_alibi" else 0
+        if not 0 <= num_masked_heads <= num_heads:
+            raise ValueError(f"{name}: num_masked_heads must be in 0..num_heads={num_heads}, "
+                             f"got {num_masked_heads}")
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
         self.pos, self.window, self.rope_base, self.layer_idx = pos, window, rope_base, layer_idx
+        self.num_masked_heads = num_masked_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
+
+    # q, k, v ---------------------------------------------------------------------------------
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``[B, T, 3, H, dk]`` projections -> q, k, v ``[B, H, T, dk]`` (q, k normed if asked)."""
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, dk]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v ``[B, H, T, dk]`` before positions."""
+        B, T, _ = x.shape
+        return self._split(self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim))
+
+    def _rotate(self, q: torch.Tensor, k: torch.Tensor, offset: int) -> tuple[torch.Tensor, ...]:
+        if self.pos == "rope":
+            positions = torch.arange(offset, offset + q.shape[2], device=q.device)
+            q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
+        return q, k
 
     def _qkv(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, ...]:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, dk]
-        if self.pos == "rope":
-            positions = torch.arange(offset, offset + T, device=x.device)
-            q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
-        return q, k, v
+        """q, k, v ``[B, H, T, dk]`` as the attention consumes them; ``x`` starts at ``offset``."""
+        q, k, v = self._project(x)
+        return (*self._rotate(q, k, offset), v)
+
+    def _values(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-head stream ``u(x) [B, H, T, dv]`` the operator mixes: ``y = W_o (T u)``."""
+        return self._project(x)[2]
+
+    def _mix_sources(self, probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Operator from attention probabilities: what ``forward`` does to ``u(x)`` before the
+        softmax-weighted sum (nothing here; ``ssa`` scales it, ``cat`` filters it)."""
+        return probs
 
     def _merge(self, o: torch.Tensor) -> torch.Tensor:
         B, H, T, dv = o.shape
         return self.out(o.transpose(1, 2).reshape(B, T, H * dv))  # [B, T, D]
 
-    def _mask(self, T: int, device: torch.device) -> torch.Tensor:
-        i = torch.arange(T, device=device)
-        diff = i[:, None] - i[None, :]  # [T, T] query minus key
-        allowed = diff >= 0
-        if self.window is not None:
-            allowed &= diff < self.window
-        return allowed
+    # positions and masks ---------------------------------------------------------------------
+    def _bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Additive fp32 bias ``[H, Tq, Tk]`` (causal, window, positional scheme)."""
+        return attention_bias(q_pos, k_pos, pos=self.pos, num_heads=self.num_heads,
+                              window=self.window, num_masked_heads=self.num_masked_heads)
 
+    def _attn_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                   dtype: torch.dtype) -> torch.Tensor | None:
+        """SDPA ``attn_mask``; None when causality is all there is (``is_causal`` in forward,
+        nothing in ``step``, where every cached key lies in the past)."""
+        if self.pos in ("rope", "nope") and self.window is None:
+            return None
+        return self._bias(q_pos, k_pos).to(dtype)
+
+    def _probs(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities ``[B, H, T, T]`` in fp32, rows are queries."""
+        positions = torch.arange(q.shape[2], device=q.device)
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
+        return (scores + self._bias(positions, positions)).softmax(-1)
+
+    # paths -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        if self.window is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(x.shape[1], x.device))
+        positions = torch.arange(x.shape[1], device=x.device)
+        mask = self._attn_mask(positions, positions, q.dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self._merge(o)
 
-    def operator(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention probabilities ``[B, H, T, T]`` (rows: queries), in fp32."""
-        q, k, _ = self._qkv(x)
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~self._mask(x.shape[1], x.device), float("-inf"))
-        return scores.softmax(-1)
-
-    def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
-        _, _, v = self._qkv(x)
-        return self._merge((op @ v.float()).to(x.dtype))
+    def _attend_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._merge((self._probs(q, k) @ v.float()).to(v.dtype))
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply_operator(x, self.operator(x))
+        return self._attend_reference(*self._qkv(x))
+
+    def operator(self, x: torch.Tensor) -> torch.Tensor:
+        """The causal mixing matrix ``[B, H, T, T]`` (rows: queries) acting on ``_values``, fp32."""
+        q, k, _ = self._qkv(x)
+        return self._mix_sources(self._probs(q, k), x)
+
+    def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+        return self._merge((op @ self._values(x).float()).to(x.dtype))
 
     def init_state(self, batch: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> dict[str, Any]:
         empty = torch.zeros(batch, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)
         return {"k": empty, "v": empty.clone(), "pos": 0}
 
-    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        q, k, v = self._qkv(x_t[:, None, :], offset=state["pos"])  # [B, H, 1, dk]
-        k = torch.cat([state["k"], k], dim=2)
+    def _cached_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Attend from one query ``[B, H, 1, dk]`` at ``state["pos"]`` over the cache plus the new
+        key/value; returns ``y_t [B, D]`` and the grown (window-cropped) cache."""
+        k = torch.cat([state["k"], k], dim=2)  # [B, H, t+1, dk]
         v = torch.cat([state["v"], v], dim=2)
         if self.window is not None:
             k, v = k[:, :, -self.window:], v[:, :, -self.window:]
-        o = F.scaled_dot_product_attention(q, k, v)  # every cached key is visible
-        return self._merge(o)[:, 0], {"k": k, "v": v, "pos": state["pos"] + 1}
+        t = state["pos"]
+        q_pos = torch.tensor([t], device=q.device)
+        k_pos = torch.arange(t - k.shape[2] + 1, t + 1, device=q.device)  # absolute positions
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attn_mask(q_pos, k_pos, q.dtype))
+        return self._merge(o)[:, 0], {"k": k, "v": v, "pos": t + 1}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        q, k, v = self._qkv(x_t[:, None, :], offset=state["pos"])  # [B, H, 1, dk]
+        return self._cached_step(q, k, v, state)
 
     def state_size(self, seq_len: int) -> int:
         length = seq_len if self.window is None else min(seq_len, self.window)
