@@ -2,11 +2,9 @@
 SSA's temperatures and CAT's filters moved off their identity start (the registry-wide
 contract tests only see the defaults at initialisation), and the options' edges."""
 
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import layers
 from layers.positional import POSITIONS, alibi_slopes, attention_bias
@@ -300,15 +298,3 @@ def test_cat_state_holds_the_filter_history():
 def test_bad_options_name_the_knob(name, opts, match):
     with pytest.raises(ValueError, match=match):
         layers.build(name, D, **opts)
-
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "layer"
-
-
-@pytest.mark.parametrize("name", ["attention", "swa", "ssa", "cat"])
-def test_layer_config_builds(name):
-    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    assert cfg.pop("name") == name
-    assert set(cfg) <= set(layers.options(name)), "config holds only the layer's options"
-    assert all(layers.options(name)[k] == v for k, v in cfg.items()), "config mirrors the defaults"
-    layers.build(name, D, **cfg)
