@@ -57,7 +57,7 @@ def _callbacks(cfg: DictConfig, out_dir: Path) -> tuple[list[Callback], ModelChe
 
 def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train, test and record one run; returns the record written."""
-    started = time.time()
+    started, sha = time.time(), git_sha()  # the code as it was when the run began
     torch.set_float32_matmul_precision("high")
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     layer_name = cfg.layer.name
@@ -89,7 +89,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         "status": status,
         "error": module.failure,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "git_sha": git_sha(),
+        "git_sha": sha,
         "task": task_name,
         "layer": layer_name,
         "config": cfg_dict,
