@@ -150,8 +150,9 @@ def sample_distinct(n_rows: int, k: int, low: int, high: int,
                     generator: torch.Generator) -> torch.Tensor:
     """``[n_rows, k]`` integers from ``[low, high)``, distinct within each row, in random order.
 
-    Rejection: redraw duplicates until none are left (fast when ``k`` is small against the
-    range); a per-row random permutation when ``k`` is a large fraction of it.
+    Small ``k`` against the range: redraw rows that repeat a value. Moderate ``k``: redraw
+    just the repeated entries, then shuffle. ``k`` a large fraction of the range: a per-row
+    random permutation.
     """
     span = high - low
     if k > span:
@@ -163,6 +164,18 @@ def sample_distinct(n_rows: int, k: int, low: int, high: int,
             m = min(step, n_rows - s)
             out[s:s + m] = torch.rand(m, span, generator=generator).argsort(1)[:, :k] + low
         return out
+    if k * k <= span:
+        # Few collisions expected: redraw whole rows that repeat a value. Uniform over
+        # ordered tuples of distinct values, so no shuffle is needed afterwards.
+        x = torch.randint(low, high, (n_rows, k), generator=generator)
+        bad = torch.arange(n_rows)
+        while len(bad):
+            rows = x[bad]
+            same = rows[:, :, None] == rows[:, None, :]  # [n_bad, k, k]
+            repeats = same.sum((1, 2)) > k
+            bad = bad[repeats]
+            x[bad] = torch.randint(low, high, (len(bad), k), generator=generator)
+        return x
     x = torch.randint(low, high, (n_rows, k), generator=generator)
     while True:
         x, _ = x.sort(1)

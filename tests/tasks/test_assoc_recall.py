@@ -110,11 +110,19 @@ def test_at_length_scales_pairs():
     assert (long.seq_len, long.num_kv_pairs) == (256, 16)
 
 
-@pytest.mark.parametrize("k,span", [(4, 4095), (30, 40), (40, 40)])
+@pytest.mark.parametrize("k,span", [(4, 4095), (30, 1000), (60, 1000), (30, 40), (40, 40)])
 def test_sample_distinct(k, span):
     x = sample_distinct(300, k, 5, 5 + span, torch.Generator().manual_seed(0))
     assert x.shape == (300, k) and x.min() >= 5 and x.max() < 5 + span
     assert (x.sort(1).values.diff(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("k,span", [(4, 16), (6, 30), (8, 16)])
+def test_sample_distinct_is_uniform(k, span):
+    x = sample_distinct(40_000, k, 0, span, torch.Generator().manual_seed(1))
+    for col in (0, k - 1):  # every slot uniform over the range
+        freq = torch.bincount(x[:, col], minlength=span).float() / len(x)
+        assert (freq - 1 / span).abs().max() < 0.15 / span
 
 
 def test_metrics_micro_average():
