@@ -12,6 +12,7 @@ from .attention import Attention  # noqa: F401  (registers "attention", "swa")
 from .cat import ConvAugmentedAttention  # noqa: F401  (registers "cat")
 from .ssa import SelectiveAttention  # noqa: F401  (registers "ssa")
 from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
+from .moe import MixtureOfExperts  # noqa: F401  (registers "moe")
 
 __all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
-           "Attention", "SelectiveAttention", "ConvAugmentedAttention", "SwiGLU", "NoChannelMixer"]
+           "Attention", "SelectiveAttention", "ConvAugmentedAttention", "SwiGLU", "NoChannelMixer", "MixtureOfExperts"]

@@ -17,7 +17,8 @@ The contract a sequence mixer fulfils (see DESIGN.md):
 
 Optimiser hints live on the parameters themselves: ``p._no_weight_decay = True`` and
 ``p._optim = {"lr": 1e-2}`` (an extra parameter group with its own settings).
-Auxiliary losses (MoE balance) are reported by ``aux_losses()`` after a forward pass.
+Auxiliary losses (MoE balance) are reported, already weighted, by ``aux_losses()`` after a
+forward pass; ``stats()`` reports diagnostics (routing loads) the same way.
 """
 
 from __future__ import annotations
@@ -107,11 +108,23 @@ def build(name: str, d_model: int, *, kind: str = "sequence", **opts: Any) -> nn
     return module
 
 
-class SequenceMixer(nn.Module):
-    """Base class of sequence mixers: the optional parts of the contract default to
-    'not supported', so the registry-wide tests can tell which apply."""
+class Mixer(nn.Module):
+    """What every mixer shares: the auxiliary-loss and diagnostics protocol the model collects."""
 
     registry_name: str = ""
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Losses of the last forward, already weighted, to be added to the task loss."""
+        return {}
+
+    def stats(self) -> dict[str, float]:
+        """Diagnostics of the last forward (e.g. routing loads) for the logs and the record."""
+        return {}
+
+
+class SequenceMixer(Mixer):
+    """Base class of sequence mixers: the optional parts of the contract default to
+    'not supported', so the registry-wide tests can tell which apply."""
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -132,19 +145,11 @@ class SequenceMixer(nn.Module):
     def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not a linear operator")
 
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        return {}
-
     @classmethod
     def supports(cls, method: str) -> bool:
         """Whether a subclass implements an optional contract method."""
         return getattr(cls, method) is not getattr(SequenceMixer, method)
 
 
-class ChannelMixer(nn.Module):
+class ChannelMixer(Mixer):
     """Base class of channel mixers (per-token maps ``[B, T, D] -> [B, T, D]``)."""
-
-    registry_name: str = ""
-
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        return {}

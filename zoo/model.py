@@ -101,6 +101,15 @@ class Backbone(nn.Module):
                     out[k] = out[k] + v if k in out else v
         return out
 
+    def stats(self) -> dict[str, float]:
+        """Layer diagnostics of the last forward (e.g. MoE routing), averaged over layers."""
+        sums: dict[str, list[float]] = {}
+        for block in self.blocks:
+            for part in (block.mixer, block.channel):
+                for k, v in part.stats().items():
+                    sums.setdefault(k, []).append(float(v))
+        return {k: sum(v) / len(v) for k, v in sums.items()}
+
     def state_size(self, seq_len: int) -> int:
         """Theoretical state size (floats) of all sequence mixers at that length."""
         return sum(int(m.state_size(seq_len)) for m in self.mixers())

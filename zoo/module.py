@@ -33,6 +33,7 @@ class ZooModule(L.LightningModule):
         self.optim = dict(optim)
         self.eval_lengths = list(eval_lengths or [])
         self.failure: str | None = None
+        self.layer_stats: dict[str, float] = {}  # of the last training step
         self.metrics: dict[str, float] = {}
         self._counts: dict[str, torch.Tensor] = {}
         self._train_tokens = 0
@@ -56,6 +57,9 @@ class ZooModule(L.LightningModule):
             return None  # skips the optimiser step
         self.log("train/loss", loss, prog_bar=True)
         for k, v in aux.items():
+            self.log(f"train/{k}", v)
+        self.layer_stats = self.model.stats()
+        for k, v in self.layer_stats.items():
             self.log(f"train/{k}", v)
         return total
 

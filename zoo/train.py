@@ -99,6 +99,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         "state_size": module.model.state_size(task.seq_len),
         "metrics": {k: float(v) for k, v in sorted(module.metrics.items())},
         "steps": trainer.global_step,
+        "layer_stats": module.layer_stats,
         "best_checkpoint": ckpt.best_model_path or None,
         "leakage": dm.leakage,
         "throughput_tokens_per_s": module.train_throughput,
