@@ -9,7 +9,10 @@ Importing this package needs torch (and einops) only; accelerated kernels are im
 from .registry import (ChannelMixer, SequenceMixer, build, get, names, options,  # noqa: F401
                        register)
 from .attention import Attention  # noqa: F401  (registers "attention")
+from .gla import GatedLinearAttention  # noqa: F401  (registers "gla")
+from .linear_attn import LinearAttention  # noqa: F401  (registers "linear_attn")
 from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
 
 __all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
-           "Attention", "SwiGLU", "NoChannelMixer"]
+           "Attention", "LinearAttention", "GatedLinearAttention",
+           "SwiGLU", "NoChannelMixer"]
