@@ -12,7 +12,8 @@ from .attention import Attention  # noqa: F401  (registers "attention")
 from .gla import GatedLinearAttention  # noqa: F401  (registers "gla")
 from .linear_attn import LinearAttention  # noqa: F401  (registers "linear_attn")
 from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
+from .phalanx import Phalanx  # noqa: F401  (registers "phalanx")
 
 __all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
-           "Attention", "LinearAttention", "GatedLinearAttention",
+           "Attention", "LinearAttention", "GatedLinearAttention", "Phalanx",
            "SwiGLU", "NoChannelMixer"]
