@@ -11,9 +11,10 @@ from .registry import (ChannelMixer, SequenceMixer, build, get, names, options, 
 from .attention import Attention  # noqa: F401  (registers "attention")
 from .gla import GatedLinearAttention  # noqa: F401  (registers "gla")
 from .linear_attn import LinearAttention  # noqa: F401  (registers "linear_attn")
+from .mamba import Mamba  # noqa: F401  (registers "mamba")
 from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
 from .phalanx import Phalanx  # noqa: F401  (registers "phalanx")
 
 __all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
-           "Attention", "LinearAttention", "GatedLinearAttention", "Phalanx",
+           "Attention", "LinearAttention", "GatedLinearAttention", "Phalanx", "Mamba",
            "SwiGLU", "NoChannelMixer"]
