@@ -32,6 +32,9 @@ import torch.nn.functional as F
 
 # Sub-chunk inside which vector-gate decays are formed pairwise (see _intra_vector).
 SUB_CHUNK = 16
+# A chunk whose total log decay stays above -FACTORISE_BELOW in every channel may use the
+# factorised scores (Q * b)(K / b)^T: then 1 / b <= exp(60), well inside fp32's exp(88).
+FACTORISE_BELOW = 60.0
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,14 +155,18 @@ def _intra_vector(q: torch.Tensor, k: torch.Tensor, logb: torch.Tensor, sub: int
 def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              log_g: torch.Tensor | None = None, *, chunk_size: int = 64,
                              initial_state: torch.Tensor | None = None,
+                             factorise_below: float = FACTORISE_BELOW,
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunked form of ``naive_recurrence`` (same arguments and results), linear in T.
 
     With ``b_t`` the decay accumulated from the chunk start (``logb = cumsum(log_g)``):
         O      = (Q * b) S_prev + A V,       A_ij = q_i . (b_i / b_j * k_j)  for j <= i
         S_next = Diag(gamma) S_prev + (K * gamma / b)^T V,    gamma = b_last
-    Every ratio is ``exp`` of a non-positive log difference. No decay: A = (Q K^T) * M;
-    scalar gate: A = (Q K^T) * decay_matrix(logb); vector gate: ``_intra_vector``.
+    No decay: A = (Q K^T) * M; scalar gate: A = (Q K^T) * decay_matrix(logb); vector gate:
+    when no chunk decays by more than ``exp(-factorise_below)`` in any channel, the one matmul
+    ``(Q * b)(K / b)^T`` (exact: its factors stay in fp32's range); otherwise
+    ``_intra_vector``, where every ratio is ``exp`` of a non-positive log difference.
+    ``factorise_below=0`` always takes the latter.
     """
     with fp32(q):
         T, C = q.shape[-2], chunk_size
@@ -171,11 +178,14 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             q_in, k_out, gamma = q, k, None
         else:
             logb = pad_time(log_g.float(), C).unflatten(-2, (-1, C)).cumsum(-2)  # [..., N, C, 1|dk]
+            q_in = q * logb.exp()  # decay from the chunk start, <= 1
             if logb.shape[-1] == 1:
                 A = (q @ k.transpose(-1, -2)) * decay_matrix(logb[..., 0])
+            elif logb[..., -1, :].min() >= -factorise_below:
+                mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+                A = (q_in @ (k * (-logb).exp()).transpose(-1, -2)).masked_fill(~mask, 0.0)
             else:
                 A = _intra_vector(q, k, logb, SUB_CHUNK if C % SUB_CHUNK == 0 else C)
-            q_in = q * logb.exp()  # decay from the chunk start, <= 1
             k_out = k * (logb[..., -1:, :] - logb).exp()  # decay to the chunk end, <= 1
             gamma = logb[..., -1, :, None].exp()  # [..., N, 1|dk, 1]
         local = k_out.transpose(-1, -2) @ v  # [..., N, dk, dv] each chunk's own state
