@@ -14,7 +14,8 @@ an S6 scan). What lives here:
   mixing matrix a layer applies;
 - ``blocked_scan``: an elementwise recurrence computed chunk-parallel (Mamba's state);
 - ``carry``: the sequential chunk-to-chunk pass both chunked paths end with;
-- ``decay_matrix``, ``pad_time``, ``fp32`` and ``optional_import``: small helpers.
+- ``decay_matrix``, ``pad_time``, ``fp32``, ``optional_import``, ``kernel_module`` and
+  ``call_time_major``: small helpers.
 
 Every kernel computes in fp32 with autocast disabled, whatever the input dtype.
 """
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,14 @@ def kernel_module(name: str, x: torch.Tensor, enabled: bool = True) -> ModuleTyp
     if not (enabled and x.is_cuda):
         return None
     return optional_import(name)
+
+
+def call_time_major(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an fla kernel on ``[B, T, H, d]`` tensors: fla releases before 2025 default to
+    ``head_first=True`` (``[B, H, T, d]``); later ones dropped the argument."""
+    if "head_first" in inspect.signature(fn).parameters:
+        kwargs["head_first"] = False
+    return fn(*args, **kwargs)
 
 
 @contextmanager

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import causal_operator, chunked_linear_attention, kernel_module, naive_recurrence
+from ._scan import (call_time_major, causal_operator, chunked_linear_attention, kernel_module,
+                    naive_recurrence)
 from .registry import SequenceMixer, register
 
 GATES = ("vector", "scalar")
@@ -125,5 +126,5 @@ def _fla_chunk_gla(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """fla's Triton ``chunk_gla`` (layout ``[B, T, H, d]``); q is already scaled."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, T, H, d]
     g = g.expand(*g.shape[:-1], q.shape[-1]).transpose(1, 2).to(q.dtype)  # [B, T, H, dk]
-    o, _ = fla.chunk_gla(q, k, v, g, scale=1.0)
+    o, _ = call_time_major(fla.chunk_gla, q, k, v, g, scale=1.0)
     return o.transpose(1, 2)  # [B, H, T, dv]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import chunked_linear_attention, kernel_module, naive_recurrence
+from ._scan import call_time_major, chunked_linear_attention, kernel_module, naive_recurrence
 from .registry import SequenceMixer, register
 
 FEATURE_MAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -127,5 +127,5 @@ def _fla_linear_attn(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """fla's Triton ``chunk_linear_attn`` (layout ``[B, T, H, d]``, unscaled, unnormalised:
     the normaliser is applied by the caller from the ones column)."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, T, H, d]
-    o, _ = fla.chunk_linear_attn(q, k, v, scale=1.0, normalize=False)
+    o, _ = call_time_major(fla.chunk_linear_attn, q, k, v, scale=1.0, normalize=False)
     return o.transpose(1, 2)  # [B, H, T, dv]

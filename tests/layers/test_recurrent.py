@@ -282,6 +282,56 @@ def test_no_accelerator_imports_on_cpu():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+class FakeFla:
+    """fla's kernel signatures on ``[B, T, H, d]`` tensors (pre-2025 ``head_first`` flag
+    included), computed by the loop reference: checks the adapters' layouts on CPU."""
+
+    @staticmethod
+    def _loop(q, k, v, g=None):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
+        o, S = naive_recurrence(q, k, v, None if g is None else g.transpose(1, 2))
+        return o.transpose(1, 2), S
+
+    def chunk_gla(self, q, k, v, g, scale=None, head_first=True):
+        assert not head_first and g.shape == k.shape
+        return self._loop(q * scale, k, v, g)
+
+    def chunk_linear_attn(self, q, k, v, scale=None, normalize=True):
+        assert not normalize
+        return self._loop(q * scale, k, v)
+
+
+def fake_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """mamba-ssm's ``selective_scan_fn`` semantics (u, delta, z ``[b, d, l]``; B, C
+    ``[b, n, l]``), written out independently of layers/mamba.py."""
+    delta = delta + delta_bias[:, None]
+    delta = torch.nn.functional.softplus(delta) if delta_softplus else delta
+    h, ys = 0.0, []
+    for t in range(u.shape[-1]):
+        dt = delta[:, :, t, None]  # [b, d, 1]
+        h = torch.exp(dt * A) * h + dt * B[:, None, :, t] * u[:, :, t, None]  # [b, d, n]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1) + D[:, None] * u
+    return y * torch.nn.functional.silu(z)
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("gla", {}), ("gla", {"gate": "scalar"}), ("linear_attn", {}),
+    ("linear_attn", {"feature_map": "elu+1", "normalize": True}), ("mamba", {})],
+    ids=["gla", "gla-scalar", "linear_attn", "linear_attn-normalize", "mamba"])
+def test_accelerated_path_adapters(name, opts, monkeypatch):
+    """The code around the fla / mamba-ssm calls (layouts, scale, gate and normaliser
+    handling) with those kernels replaced by CPU stand-ins of the same signature."""
+    fake = FakeFla() if name != "mamba" else type("ops", (), {
+        "selective_scan_fn": staticmethod(fake_selective_scan_fn)})
+    module = sys.modules[layers.get(name).__module__]
+    monkeypatch.setattr(module, "kernel_module",
+                        lambda pkg, x, enabled=True: fake if enabled else None)
+    m, x = make(name, **opts), inputs(40, B=2)
+    with torch.no_grad():
+        assert_rel_close(m(x), m.reference(x), 1e-5, what=f"{name} through the kernel adapter")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,package", [
     ("linear_attn", "fla"), ("gla", "fla"), ("mamba", "mamba_ssm")])
