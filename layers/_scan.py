@@ -8,8 +8,9 @@ an S6 scan). What lives here:
 
 - ``naive_recurrence``: the obvious loop over time in fp32, the reference every fast path is
   tested against (and, on one token with a state, the recurrent ``step``);
-- ``chunked_linear_attention``: the chunked form, linear in ``T``, in log space and never
-  dividing by a small cumulative decay (Yang et al. 2023, arXiv 2312.06635, sec. 4);
+- ``chunked_linear_attention``: the chunked form, linear in ``T``, in log space (Yang et al.
+  2023, arXiv 2312.06635, sec. 4); it divides by a cumulative decay only where that stays
+  within fp32's range, and otherwise forms every ratio as ``exp`` of a log difference <= 0;
 - ``causal_operator``: the same kernel on identity values, i.e. the materialised ``[T, T]``
   mixing matrix a layer applies;
 - ``blocked_scan``: an elementwise recurrence computed chunk-parallel (Mamba's state);
