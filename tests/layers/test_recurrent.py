@@ -2,6 +2,7 @@
 the loop references at odd and long lengths, chunk-size independence, numerics under strong
 decay and bf16 autocast, the Phalanx jagged window, and the guarded accelerated paths."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -279,7 +280,10 @@ def test_no_accelerator_imports_on_cpu():
             "for n in ['linear_attn', 'gla', 'phalanx', 'mamba']: layers.build(n, 32)(x)\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('fla', 'mamba_ssm', 'triton')]\n"
             "assert not bad, bad\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    root = str(Path(layers.__file__).resolve().parents[1])  # the same checkout as this test's
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 class FakeFla:
