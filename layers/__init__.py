@@ -10,9 +10,15 @@ from .registry import (ChannelMixer, SequenceMixer, build, get, names, options, 
                        register)
 from .attention import Attention  # noqa: F401  (registers "attention", "swa")
 from .cat import ConvAugmentedAttention  # noqa: F401  (registers "cat")
-from .ssa import SelectiveAttention  # noqa: F401  (registers "ssa")
+from .gla import GatedLinearAttention  # noqa: F401  (registers "gla")
+from .linear_attn import LinearAttention  # noqa: F401  (registers "linear_attn")
+from .mamba import Mamba  # noqa: F401  (registers "mamba")
 from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
 from .moe import MixtureOfExperts  # noqa: F401  (registers "moe")
+from .phalanx import Phalanx  # noqa: F401  (registers "phalanx")
+from .ssa import SelectiveAttention  # noqa: F401  (registers "ssa")
 
 __all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
-           "Attention", "SelectiveAttention", "ConvAugmentedAttention", "SwiGLU", "NoChannelMixer", "MixtureOfExperts"]
+           "Attention", "SelectiveAttention", "ConvAugmentedAttention", "LinearAttention",
+           "GatedLinearAttention", "Phalanx", "Mamba", "SwiGLU", "NoChannelMixer",
+           "MixtureOfExperts"]

@@ -1,21 +1,37 @@
 """``python -m zoo.bench``: benchmarks, printed as markdown tables headed by the machine.
 
     python -m zoo.bench gen        # task generation: seconds for 100k training examples
+    python -m zoo.bench mixers     # every sequence mixer: forward+backward tokens/s, peak memory
+    python -m zoo.bench generate   # recurrent step over N tokens: speed and state growth
+    python -m zoo.bench mixers --lengths 64 128     # or --quick: a smoke run in seconds
 
 Speed lives here, never in test assertions. Committed tables sit in ``benchmarks/``.
+
+Peak memory (``mixers``) is the high-water mark of tensor bytes allocated during one
+forward+backward beyond what was alive before it (parameters and the input are not counted;
+activations, saved tensors, temporaries and gradients are). On CUDA it comes from the caching
+allocator's statistics; on CPU from the allocation and free events that
+``torch.profiler(profile_memory=True)`` records, replayed in time order (a separate, untimed
+pass). It counts torch tensors only, not the Python heap or allocator slack.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import itertools
+import os
 import platform
 import time
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
+import layers
 import tasks
 from .record import device_info
+
+MIB = 2 ** 20
 
 
 def machine_line() -> str:
@@ -46,17 +62,188 @@ def bench_gen(n: int = 100_000) -> list[str]:
     return rows
 
 
-SUITES = {"gen": bench_gen}
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak bytes of tensors allocated while ``fn`` runs, above those alive before it
+    (see the module docstring); None where the profiler cannot say."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:  # kineto's raw events: one per allocation (+bytes) and free (-bytes)
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]")
+    except AttributeError:
+        return None
+    return max(itertools.accumulate(b for _, b in events), default=0)
+
+
+def _train_step(fn: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module,
+                x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    """One forward+backward of ``fn`` (the mixer's forward or its reference); grads are freed
+    first, so every call allocates the same."""
+    def run() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        fn(x).backward(grad)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+    return run
+
+
+def _measure(module: torch.nn.Module, d_model: int, batch: int, T: int, repeats: int,
+             memory: bool, device: torch.device, reference: bool = False
+             ) -> tuple[float, int | None]:
+    """Best wall seconds of one forward+backward over ``[batch, T, d_model]`` after an untimed
+    warm-up, and its peak memory (None when not measured)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, T, d_model, generator=g).to(device).requires_grad_()
+    grad = torch.randn(batch, T, d_model, generator=g).to(device)
+    step = _train_step(module.reference if reference else module, module, x, grad)
+    peak = peak_memory_bytes(step, device) if memory else step()  # doubles as the warm-up
+    return best_of(step, repeats), peak
+
+
+def _memory_limit(device: torch.device) -> int:
+    """Half the machine's RAM (or the GPU's memory): lengths predicted to need more are skipped
+    rather than left to the out-of-memory killer."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def bench_mixers(lengths: Sequence[int] = (256, 1024, 4096, 16384), d_model: int = 128,
+                 batch: int = 8, names: Sequence[str] | None = None, repeats: int = 2,
+                 budget: float = 60.0, naive: Sequence[str] = ("gla:1024", "phalanx:4096"),
+                 memory: bool = True, device: str = "cpu") -> list[str]:
+    """Forward+backward throughput and peak memory of every sequence mixer (default options)
+    over ``lengths``. A mixer's next length is skipped when, scaled linearly in T from the
+    last one, it would take more than ``budget`` seconds a step or more than half the memory.
+    Then the loop reference against the fast path for each ``name:T`` in ``naive``."""
+    dev = torch.device(device)
+    limit = _memory_limit(dev)
+    rows = [f"d_model={d_model}, batch={batch}, default options, best of {repeats}; "
+            f"skip beyond {budget:g} s/step or {limit / 2**30:.0f} GiB (linear extrapolation).", "",
+            "| mixer | T | tokens/s (fwd+bwd) | ms / step | peak MiB |", "|---|---|---|---|---|"]
+    for name in names or layers.names():
+        torch.manual_seed(0)
+        module = layers.build(name, d_model).to(dev)
+        last: tuple[int, float, int | None] | None = None  # T, seconds, peak bytes
+        for T in sorted(lengths):
+            if last is not None:
+                scale = T / last[0]
+                if last[1] * scale > budget or (last[2] or 0) * scale > limit:
+                    rows.append(f"| {name} | {T:,} | skipped: predicted over budget | | |")
+                    continue
+            try:
+                secs, peak = _measure(module, d_model, batch, T, repeats, memory, dev)
+            except RuntimeError as e:  # torch's allocators raise this when memory runs out
+                if "memory" not in str(e).lower():
+                    raise
+                rows.append(f"| {name} | {T:,} | out of memory | | |")
+                last = (T, float("inf"), None)
+                continue
+            last = (T, secs, peak)
+            rows.append(f"| {name} | {T:,} | {batch * T / secs:,.0f} | {secs * 1e3:,.1f} "
+                        f"| {'n/a' if peak is None else f'{peak / MIB:,.1f}'} |")
+    if naive:
+        rows += ["", "Loop reference (fp32, the tests' oracle) against the fast path, fwd+bwd:",
+                 "", "| mixer | T | reference tokens/s | fast tokens/s | speed-up |",
+                 "|---|---|---|---|---|"]
+    for spec in naive:
+        name, T = spec.split(":")[0], int(spec.split(":")[1])
+        torch.manual_seed(0)
+        module = layers.build(name, d_model).to(dev)
+        ref, _ = _measure(module, d_model, batch, T, 1, False, dev, reference=True)
+        fast, _ = _measure(module, d_model, batch, T, repeats, False, dev)
+        rows.append(f"| {name} | {T:,} | {batch * T / ref:,.0f} | {batch * T / fast:,.0f} "
+                    f"| {ref / fast:,.1f}x |")
+    return rows
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes held by the tensors in a (nested) state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def bench_generate(tokens: int = 2048, d_model: int = 128, batch: int = 1,
+                   names: Sequence[str] | None = None, device: str = "cpu") -> list[str]:
+    """Recurrent inference: ``step`` over ``tokens`` tokens from an empty state. Memory growth
+    is the state's tensor bytes after the last token against after the first."""
+    dev = torch.device(device)
+    rows = [f"d_model={d_model}, batch={batch}, {tokens:,} tokens, default options.", "",
+            "| mixer | tokens/s | state MiB after 1 | state MiB after N | growth | "
+            "state_size(N) floats |", "|---|---|---|---|---|---|"]
+    for name in names or layers.names():
+        torch.manual_seed(0)
+        module = layers.build(name, d_model).to(dev).eval()
+        if not type(module).supports("step"):
+            rows.append(f"| {name} | no recurrent step | | | | |")
+            continue
+        xs = torch.randn(tokens, batch, d_model, generator=torch.Generator().manual_seed(0)).to(dev)
+        with torch.no_grad():
+            state = module.init_state(batch, dev, xs.dtype)
+            _, state = module.step(xs[0], state)
+            first = _tensor_bytes(state)
+            start = time.perf_counter()
+            for x_t in xs[1:]:
+                _, state = module.step(x_t, state)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            secs = time.perf_counter() - start
+        last = _tensor_bytes(state)
+        rows.append(f"| {name} | {(tokens - 1) / secs:,.0f} | {first / MIB:,.3f} "
+                    f"| {last / MIB:,.3f} | {last / first:,.1f}x | {module.state_size(tokens):,} |")
+    return rows
+
+
+SUITES: dict[str, Callable[..., list[str]]] = {
+    "gen": bench_gen, "mixers": bench_mixers, "generate": bench_generate}
+QUICK = {"lengths": [64, 256], "batch": 2, "repeats": 1, "naive": ["gla:256", "phalanx:256"],
+         "tokens": 128}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("suite", nargs="*", default=list(SUITES), choices=list(SUITES))
+    # choices= would reject an empty list (argparse checks [] against them), so check here
+    ap.add_argument("suite", nargs="*", help=f"any of {', '.join(SUITES)} (default: all)")
+    ap.add_argument("--quick", action="store_true", help="tiny settings: a smoke run in seconds")
+    ap.add_argument("--lengths", type=int, nargs="+", help="mixers: sequence lengths")
+    ap.add_argument("--d-model", type=int, help="mixers, generate: model width")
+    ap.add_argument("--batch", type=int, help="mixers, generate: batch size")
+    ap.add_argument("--names", nargs="+", help="mixers, generate: only these mixers")
+    ap.add_argument("--repeats", type=int, help="mixers: timed repeats (best is kept)")
+    ap.add_argument("--budget", type=float, help="mixers: seconds per step beyond which a "
+                                                  "mixer's longer lengths are skipped")
+    ap.add_argument("--naive", nargs="*", help="mixers: NAME:T pairs timing the loop reference "
+                                               "against the fast path")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", default=None,
+                    help="mixers: skip the peak-memory pass")
+    ap.add_argument("--tokens", type=int, help="generate: tokens to step through")
+    ap.add_argument("--device", help="mixers, generate: torch device (default cpu)")
     args = ap.parse_args(argv)
+    unknown = [x for x in args.suite if x not in SUITES]
+    if unknown:
+        ap.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("suite", "quick")}
+    opts = {**(QUICK if args.quick else {}), **given}
     print(machine_line())
-    for suite in args.suite:
+    for suite in args.suite or list(SUITES):
+        fn = SUITES[suite]
+        accepted = inspect.signature(fn).parameters
         print(f"\n### {suite}\n")
-        print("\n".join(SUITES[suite]()))
+        print("\n".join(fn(**{k: v for k, v in opts.items() if k in accepted})))
     return 0
 
 

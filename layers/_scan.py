@@ -1,0 +1,241 @@
+"""Pure-torch building blocks shared by the recurrent family (``linear_attn``, ``gla``,
+``phalanx``, ``mamba``): all are diagonal-decay linear recurrences
+
+    S_t = Diag(exp(g_t)) S_{t-1} + k_t^T v_t,    o_t = q_t S_t        (S in R^{dk x dv})
+
+(``g`` is a log decay <= 0; no decay is linear attention; ``dv = 1`` with per-channel heads is
+an S6 scan). What lives here:
+
+- ``naive_recurrence``: the obvious loop over time in fp32, the reference every fast path is
+  tested against (and, on one token with a state, the recurrent ``step``);
+- ``chunked_linear_attention``: the chunked form, linear in ``T``, in log space (Yang et al.
+  2023, arXiv 2312.06635, sec. 4); it divides by a cumulative decay only where that stays
+  within fp32's range, and otherwise forms every ratio as ``exp`` of a log difference <= 0;
+- ``causal_operator``: the same kernel on identity values, i.e. the materialised ``[T, T]``
+  mixing matrix a layer applies;
+- ``blocked_scan``: an elementwise recurrence computed chunk-parallel (Mamba's state);
+- ``carry``: the sequential chunk-to-chunk pass both chunked paths end with;
+- ``decay_matrix``, ``pad_time``, ``fp32``, ``optional_import``, ``kernel_module`` and
+  ``call_time_major``: small helpers.
+
+Every kernel computes in fp32 with autocast disabled, whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+# Sub-chunk inside which vector-gate decays are formed pairwise (see _intra_vector).
+SUB_CHUNK = 16
+# A chunk whose total log decay stays above -FACTORISE_BELOW in every channel may use the
+# factorised scores (Q * b)(K / b)^T: then 1 / b <= exp(60), well inside fp32's exp(88).
+FACTORISE_BELOW = 60.0
+
+
+@functools.lru_cache(maxsize=None)
+def optional_import(name: str) -> ModuleType | None:
+    """``importlib.import_module(name)``, or None when it (or a dependency) is missing.
+    Called lazily, at the first forward that could use the kernel, never at import."""
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001  (a broken CUDA install raises more than ImportError)
+        return None
+
+
+def kernel_module(name: str, x: torch.Tensor, enabled: bool = True) -> ModuleType | None:
+    """The accelerated-kernel module ``name`` if it should be used for ``x``: only when
+    enabled, ``x`` lives on CUDA and the package imports."""
+    if not (enabled and x.is_cuda):
+        return None
+    return optional_import(name)
+
+
+def call_time_major(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an fla kernel on ``[B, T, H, d]`` tensors: fla releases before 2025 default to
+    ``head_first=True`` (``[B, H, T, d]``); later ones dropped the argument."""
+    if "head_first" in inspect.signature(fn).parameters:
+        kwargs["head_first"] = False
+    return fn(*args, **kwargs)
+
+
+@contextmanager
+def fp32(x: torch.Tensor) -> Iterator[None]:
+    """Disable autocast so the recurrence stays in fp32 under bf16/fp16 autocast."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        yield
+
+
+def pad_time(x: torch.Tensor, multiple: int, dim: int = -2) -> torch.Tensor:
+    """Zero-pad ``x`` at the end of ``dim`` to a multiple of ``multiple``."""
+    extra = -x.shape[dim] % multiple
+    if extra == 0:
+        return x
+    dim = dim % x.ndim
+    pad = [0, 0] * (x.ndim - 1 - dim) + [0, extra]
+    return F.pad(x, pad)
+
+
+def decay_matrix(logb: torch.Tensor) -> torch.Tensor:
+    """``[..., C] -> [..., C, C]``: ``exp(logb_i - logb_j)`` for ``j <= i``, 0 above.
+    ``logb`` is a cumulative sum of log decays, so every kept exponent is <= 0 and nothing
+    overflows; the mask is applied to the exponent (``-inf``), so no ``inf * 0``."""
+    C = logb.shape[-1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=logb.device).tril()
+    diff = logb[..., :, None] - logb[..., None, :]  # [..., C, C]
+    return diff.masked_fill(~causal, float("-inf")).exp()
+
+
+def carry(decay: torch.Tensor | None, local: torch.Tensor, initial: torch.Tensor | None = None,
+          dim: int = -3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk-to-chunk pass ``S_n = decay_n * S_{n-1} + local_n`` over chunk axis ``dim``.
+
+    ``local``: each chunk's own terminal state (from a zero start); ``decay``: the chunk's total
+    decay, broadcastable to ``local`` (None: no decay). Returns the state *entering* each chunk
+    (same shape as ``local``) and the final state. A sequential loop over ``T / C`` chunks.
+    """
+    locals_ = local.unbind(dim)
+    decays = decay.unbind(dim) if decay is not None else [None] * len(locals_)
+    S = torch.zeros_like(locals_[0]) if initial is None else initial.to(local.dtype)
+    entering = []
+    for d_n, l_n in zip(decays, locals_):
+        entering.append(S)
+        S = l_n + (S if d_n is None else d_n * S)
+    return torch.stack(entering, dim), S
+
+
+def naive_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     log_g: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference loop over time, in fp32.
+
+    q, k ``[..., T, dk]``; v ``[..., T, dv]``; log_g None, ``[..., T, 1]`` (scalar gate) or
+    ``[..., T, dk]`` (vector gate). Returns o ``[..., T, dv]`` and the final S ``[..., dk, dv]``.
+    """
+    with fp32(q):
+        q, k, v = q.float(), k.float(), v.float()
+        S = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])  # [..., dk, dv]
+        if initial_state is not None:
+            S = initial_state.float()
+        # unbind, not t-indexing: each index's backward would allocate a full [..., T, d] grad
+        gs = [None] * q.shape[-2] if log_g is None else log_g.float().exp().unbind(-2)
+        outs = []
+        for q_t, k_t, v_t, g_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2), gs):
+            if g_t is not None:
+                S = g_t[..., None] * S
+            S = S + k_t[..., None] * v_t[..., None, :]  # k_t^T v_t
+            outs.append((q_t[..., None] * S).sum(-2))  # q_t S_t  [..., dv]
+        return torch.stack(outs, -2), S
+
+
+def _intra_vector(q: torch.Tensor, k: torch.Tensor, logb: torch.Tensor, sub: int) -> torch.Tensor:
+    """Intra-chunk scores ``A_ij = sum_d q_id k_jd exp(logb_id - logb_jd)`` (``j <= i``) for a
+    vector gate, without forming ``Q * b`` and ``K / b`` (which overflow under strong decay).
+
+    q, k, logb: ``[..., C, dk]`` (logb cumulative from the chunk start). Two levels, as in fla:
+    inside a sub-chunk of ``sub`` tokens the decays are formed pairwise (``[sub, sub, dk]``);
+    between sub-chunks ``a > b`` the decay factorises through ``r_a``, logb just before
+    sub-chunk ``a``: ``(q_i exp(logb_i - r_a)) . (k_j exp(r_a - logb_j))``, both factors <= 1.
+    Returns A ``[..., C, C]`` (exact zeros above the diagonal).
+    """
+    C, dk = q.shape[-2:]
+    S = C // sub
+    qs, ks, ls = (t.unflatten(-2, (S, sub)) for t in (q, k, logb))  # [..., S, sub, dk]
+    P = decay_matrix(ls.transpose(-1, -2))  # [..., S, dk, sub, sub]
+    A_diag = torch.einsum("...id,...jd,...dij->...ij", qs, ks, P)  # [..., S, sub, sub]
+    eye = torch.eye(S, dtype=q.dtype, device=q.device)[:, None, :, None]  # [S, 1, S, 1]
+    A = A_diag[..., :, :, None, :] * eye  # [..., S, sub, S, sub] block diagonal
+    if S > 1:
+        r = F.pad(ls[..., :-1, -1, :], (0, 0, 1, 0))  # [..., S, dk] logb before each sub-chunk
+        q_r = qs * (ls - r[..., None, :]).exp()  # [..., S, sub, dk]
+        j = torch.arange(C, device=q.device)
+        earlier = j[None, :] < (torch.arange(S, device=q.device) * sub)[:, None]  # [S, C]
+        expo = r[..., :, None, :] - logb[..., None, :, :]  # [..., S, C, dk]
+        k_r = k[..., None, :, :] * expo.masked_fill(~earlier[..., None], float("-inf")).exp()
+        A = A + (q_r @ k_r.transpose(-1, -2)).unflatten(-1, (S, sub))  # [..., S, sub, S, sub]
+    return A.flatten(-4, -3).flatten(-2, -1)  # [..., C, C]
+
+
+def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             log_g: torch.Tensor | None = None, *, chunk_size: int = 64,
+                             initial_state: torch.Tensor | None = None,
+                             factorise_below: float = FACTORISE_BELOW,
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked form of ``naive_recurrence`` (same arguments and results), linear in T.
+
+    With ``b_t`` the decay accumulated from the chunk start (``logb = cumsum(log_g)``):
+        O      = (Q * b) S_prev + A V,       A_ij = q_i . (b_i / b_j * k_j)  for j <= i
+        S_next = Diag(gamma) S_prev + (K * gamma / b)^T V,    gamma = b_last
+    No decay: A = (Q K^T) * M; scalar gate: A = (Q K^T) * decay_matrix(logb); vector gate:
+    when no chunk decays by more than ``exp(-factorise_below)`` in any channel, the one matmul
+    ``(Q * b)(K / b)^T`` (exact: its factors stay in fp32's range); otherwise
+    ``_intra_vector``, where every ratio is ``exp`` of a non-positive log difference.
+    ``factorise_below=0`` always takes the latter.
+    """
+    with fp32(q):
+        T, C = q.shape[-2], chunk_size
+        q, k, v = (pad_time(t.float(), C) for t in (q, k, v))  # zero tail: no effect on S
+        q, k, v = (t.unflatten(-2, (-1, C)) for t in (q, k, v))  # [..., N, C, d]
+        if log_g is None:
+            mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            A = (q @ k.transpose(-1, -2)).masked_fill(~mask, 0.0)  # [..., N, C, C]
+            q_in, k_out, gamma = q, k, None
+        else:
+            logb = pad_time(log_g.float(), C).unflatten(-2, (-1, C)).cumsum(-2)  # [..., N, C, 1|dk]
+            q_in = q * logb.exp()  # decay from the chunk start, <= 1
+            if logb.shape[-1] == 1:
+                A = (q @ k.transpose(-1, -2)) * decay_matrix(logb[..., 0])
+            elif logb[..., -1, :].min() >= -factorise_below:
+                mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+                A = (q_in @ (k * (-logb).exp()).transpose(-1, -2)).masked_fill(~mask, 0.0)
+            else:
+                A = _intra_vector(q, k, logb, SUB_CHUNK if C % SUB_CHUNK == 0 else C)
+            k_out = k * (logb[..., -1:, :] - logb).exp()  # decay to the chunk end, <= 1
+            gamma = logb[..., -1, :, None].exp()  # [..., N, 1|dk, 1]
+        local = k_out.transpose(-1, -2) @ v  # [..., N, dk, dv] each chunk's own state
+        S_in, S_last = carry(gamma, local, initial_state)  # [..., N, dk, dv]
+        o = A @ v + q_in @ S_in  # [..., N, C, dv]
+        return o.flatten(-3, -2)[..., :T, :], S_last
+
+
+def causal_operator(q: torch.Tensor, k: torch.Tensor, log_g: torch.Tensor | None = None, *,
+                    chunk_size: int = 64) -> torch.Tensor:
+    """The materialised mixing matrix ``[..., T, T]`` of ``chunked_linear_attention``:
+    row i holds the weights on v_0..v_i. It is that kernel run on identity values, so it is
+    stable wherever the kernel is and ``operator @ v`` equals its output up to rounding."""
+    T = q.shape[-2]
+    eye = torch.eye(T, device=q.device, dtype=torch.float32).expand(*q.shape[:-2], T, T)
+    return chunked_linear_attention(q, k, eye, log_g, chunk_size=chunk_size)[0]
+
+
+def blocked_scan(log_a: torch.Tensor, b: torch.Tensor, *, chunk_size: int = 64,
+                 initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All states of the elementwise recurrence ``h_t = exp(log_a_t) * h_{t-1} + b_t``.
+
+    log_a, b ``[..., T, n]`` -> h ``[..., T, n]`` and the final h ``[..., n]``. Two passes:
+    (1) the recurrence from zero inside every chunk at once (a loop over the C positions,
+    vectorised over chunks: multiplications by decays <= 1 only); (2) ``carry`` of chunk
+    terminal states, added back as ``exp(cumsum log_a) * h_entering`` (log-space cumulative
+    sums within the chunk). ``C + T / C`` sequential steps instead of ``T``.
+    """
+    with fp32(b):
+        T, C = b.shape[-2], chunk_size
+        log_a, b = (pad_time(t.float(), C).unflatten(-2, (-1, C))  # [..., N, C, n]
+                    for t in (log_a, b))
+        h = torch.zeros_like(b[..., 0, :])  # [..., N, n]
+        local = []
+        for a_p, b_p in zip(log_a.exp().unbind(-2), b.unbind(-2)):
+            h = a_p * h + b_p
+            local.append(h)
+        h_loc = torch.stack(local, -2)  # [..., N, C, n]
+        logb = log_a.cumsum(-2)  # [..., N, C, n]
+        h_in, h_last = carry(logb[..., -1, :].exp(), h_loc[..., -1, :], initial_state, dim=-2)
+        h = h_loc + logb.exp() * h_in[..., None, :]  # [..., N, C, n]
+        return h.flatten(-3, -2)[..., :T, :], h_last

@@ -1,0 +1,130 @@
+"""Gated linear attention (GLA; Yang, Wang, Shen, Panda, Kim 2023, arXiv 2312.06635), with
+the scalar/vector gate choice of the in-context-learning view (arXiv 2504.04308).
+
+Per head, with row vectors ``q_t, k_t in R^dk``, ``v_t in R^dv`` and ``S_0 = 0``:
+
+    S_t = Diag(alpha_t) S_{t-1} + k_t^T v_t,        o_t = (q_t / sqrt(dk)) S_t
+    log alpha_t = logsigmoid(x_t W_a1 W_a2 + b) / 16     (low rank 16; W_a1 no bias)
+    y_t = (RMSNorm_head(o_t) * swish(x_t W_r)) W_o
+
+``gate="vector"`` (default) gives one decay per key channel; ``gate="scalar"`` one per head.
+Defaults follow the reference library: 4 heads, ``expand_k=0.5`` (dk_total = D/2),
+``expand_v=1.0``, no biases on q/k/v/r/o.
+
+Paths: ``reference`` is the loop over time (``_scan.naive_recurrence``); ``forward`` the chunked
+form in log space (``_scan.chunked_linear_attention``, linear in T, stable under strong decay);
+on CUDA with ``fla`` installed, fla's ``chunk_gla`` kernel. ``step`` is the recurrence on one
+token. ``operator`` is per head ``T_ij = (q_i / sqrt(dk)) . (prod_{m=j+1..i} alpha_m * k_j)``,
+applied to ``v`` before the norm, gate and output projection.
+State size: ``H dk dv`` floats, constant in T.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._scan import (call_time_major, causal_operator, chunked_linear_attention, kernel_module,
+                    naive_recurrence)
+from .registry import SequenceMixer, register
+
+GATES = ("vector", "scalar")
+
+
+@register("gla")
+class GatedLinearAttention(SequenceMixer):
+    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
+                 expand_k: float = 0.5, expand_v: float = 1.0, gate: str = "vector",
+                 gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0,
+                 chunk_size: int = 64, norm_eps: float = 1e-5, use_kernels: bool = True) -> None:
+        super().__init__()
+        key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
+        if num_heads <= 0 or key_dim % num_heads or value_dim % num_heads or key_dim == 0:
+            raise ValueError(f"gla: key dim {key_dim} and value dim {value_dim} (d_model="
+                             f"{d_model}, expand_k={expand_k}, expand_v={expand_v}) must be "
+                             f"positive and divisible by num_heads={num_heads}")
+        if gate not in GATES:
+            raise ValueError(f"gla: gate={gate!r} is not one of {GATES}")
+        if chunk_size < 1:
+            raise ValueError(f"gla: chunk_size must be a positive int, got {chunk_size}")
+        self.d_model, self.num_heads, self.layer_idx = d_model, num_heads, layer_idx
+        self.key_dim, self.value_dim = key_dim, value_dim
+        self.dk, self.dv = key_dim // num_heads, value_dim // num_heads
+        self.gate, self.gate_logit_normalizer = gate, gate_logit_normalizer
+        self.chunk_size, self.use_kernels = chunk_size, use_kernels
+        self.proj = nn.Linear(d_model, 2 * key_dim + 2 * value_dim, bias=False)  # q, k, v, r
+        self.gate_proj = nn.Sequential(
+            nn.Linear(d_model, gate_low_rank_dim, bias=False),
+            nn.Linear(gate_low_rank_dim, key_dim if gate == "vector" else num_heads, bias=True))
+        self.norm = nn.RMSNorm(self.dv, eps=norm_eps)
+        self.out = nn.Linear(value_dim, d_model, bias=False)
+
+    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q (scaled), k ``[B, H, T, dk]``, v ``[B, H, T, dv]``, log alpha ``[B, H, T, dk|1]``
+        (fp32), r ``[B, T, value_dim]``."""
+        B, T, _ = x.shape
+        H = self.num_heads
+        K, V = self.key_dim, self.value_dim
+        q, k, v, r = self.proj(x).split([K, K, V, V], -1)
+        q = q.view(B, T, H, self.dk).transpose(1, 2) / math.sqrt(self.dk)  # [B, H, T, dk]
+        k = k.view(B, T, H, self.dk).transpose(1, 2)  # [B, H, T, dk]
+        v = v.view(B, T, H, self.dv).transpose(1, 2)  # [B, H, T, dv]
+        g = F.logsigmoid(self.gate_proj(x).float()) / self.gate_logit_normalizer
+        g = g.view(B, T, H, -1).transpose(1, 2)  # [B, H, T, dk|1]
+        return q, k, v, g, r
+
+    def _out(self, o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        B, H, T, dv = o.shape
+        o = self.norm(o.transpose(1, 2).to(self.norm.weight.dtype))  # [B, T, H, dv] per head
+        o = o.reshape(B, T, H * dv) * F.silu(r.to(o.dtype))  # [B, T, value_dim]
+        return self.out(o.to(self.out.weight.dtype))  # [B, T, D]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, g, r = self._streams(x)
+        fla = kernel_module("fla.ops.gla", x, self.use_kernels)
+        if fla is not None:
+            o = _fla_chunk_gla(fla, q, k, v, g)
+        else:
+            o, _ = chunked_linear_attention(q, k, v, g, chunk_size=self.chunk_size)
+        return self._out(o, r)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, g, r = self._streams(x)
+        o, _ = naive_recurrence(q, k, v, g)
+        return self._out(o, r)
+
+    def operator(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, T, T]`` in fp32: row i mixes v_0..v_i into o_i."""
+        q, k, _, g, _ = self._streams(x)
+        return causal_operator(q, k, g, chunk_size=self.chunk_size)
+
+    def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+        _, _, v, _, r = self._streams(x)
+        return self._out(op @ v.float(), r)
+
+    def init_state(self, batch: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+        """S ``[B, H, dk, dv]``, kept in fp32 whatever ``dtype`` the activations use."""
+        return torch.zeros(batch, self.num_heads, self.dk, self.dv, device=device,
+                           dtype=torch.float32)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v, g, r = self._streams(x_t[:, None, :])
+        o, state = naive_recurrence(q, k, v, g, initial_state=state)
+        return self._out(o, r)[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.num_heads * self.dk * self.dv
+
+
+def _fla_chunk_gla(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   g: torch.Tensor) -> torch.Tensor:
+    """fla's Triton ``chunk_gla`` (layout ``[B, T, H, d]``); q is already scaled."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, T, H, d]
+    g = g.expand(*g.shape[:-1], q.shape[-1]).transpose(1, 2).to(q.dtype)  # [B, T, H, dk]
+    o, _ = call_time_major(fla.chunk_gla, q, k, v, g, scale=1.0)
+    return o.transpose(1, 2)  # [B, H, T, dv]

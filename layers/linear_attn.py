@@ -1,0 +1,131 @@
+"""Linear attention (Katharopoulos, Vyas, Pappas, Fleuret 2020, "Transformers are RNNs",
+arXiv 2006.16236): softmax attention with the exponential kernel replaced by a feature map.
+
+Per head (``S in R^{dk x dv}``, ``S_0 = 0``):
+
+    S_t = S_{t-1} + phi(k_t)^T v_t,        o_t = phi(q_t) S_t
+    optional normaliser:  o_t / (phi(q_t) . z_t + eps),   z_t = sum_{j<=t} phi(k_j)
+    y = W_o concat_h o
+
+``phi``: ``identity`` (default), ``elu+1``, ``relu``. Parallel form ``O = ((Q K^T) * M) V``;
+``forward`` is the chunked form (``_scan.chunked_linear_attention`` without decay), linear in T.
+The normaliser is the same recurrence on an extra all-ones value column (``z_t`` rides along
+as column ``dv`` of the state). On CUDA with ``fla`` installed, fla's ``chunk_linear_attn``.
+
+Paths: ``reference`` loops over time; ``step`` runs that loop on one token. ``operator`` is
+``(phi(Q) phi(K)^T) * M`` per head (row-normalised with the normaliser), applied to v.
+State size: ``H dk dv`` floats (``H dk (dv + 1)`` with the normaliser), constant in T.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._scan import call_time_major, chunked_linear_attention, kernel_module, naive_recurrence
+from .registry import SequenceMixer, register
+
+FEATURE_MAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda t: t,
+    "elu+1": lambda t: F.elu(t) + 1.0,
+    "relu": F.relu,
+}
+EPS = 1e-6
+
+
+@register("linear_attn")
+class LinearAttention(SequenceMixer):
+    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
+                 feature_map: str = "identity", normalize: bool = False, chunk_size: int = 64,
+                 use_kernels: bool = True) -> None:
+        super().__init__()
+        if num_heads <= 0 or d_model % num_heads:
+            raise ValueError(f"linear_attn: d_model={d_model} is not divisible by "
+                             f"num_heads={num_heads}")
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"linear_attn: feature_map={feature_map!r} is not one of "
+                             f"{tuple(FEATURE_MAPS)}")
+        if chunk_size < 1:
+            raise ValueError(f"linear_attn: chunk_size must be a positive int, got {chunk_size}")
+        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
+        self.feature_map, self.phi = feature_map, FEATURE_MAPS[feature_map]
+        self.normalize, self.chunk_size, self.use_kernels = normalize, chunk_size, use_kernels
+        self.layer_idx = layer_idx
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """phi(q), phi(k) ``[B, H, T, dk]`` and v ``[B, H, T, dv]``."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
+        return self.phi(q), self.phi(k), v
+
+    def _values(self, v: torch.Tensor) -> torch.Tensor:
+        """v with a ones column when normalising: the recurrence then also carries z_t."""
+        if not self.normalize:
+            return v
+        return torch.cat([v, torch.ones_like(v[..., :1])], -1)  # [B, H, T, dv + 1]
+
+    def _out(self, o: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            o = o[..., :-1] / (o[..., -1:] + EPS)  # phi(q_t) S_t / (phi(q_t) . z_t)
+        return self._merge(o)
+
+    def _merge(self, o: torch.Tensor) -> torch.Tensor:
+        B, H, T, dv = o.shape
+        o = o.transpose(1, 2).reshape(B, T, H * dv)  # [B, T, D]
+        return self.out(o.to(self.out.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._streams(x)
+        v = self._values(v)
+        fla = kernel_module("fla.ops.linear_attn", x, self.use_kernels)
+        if fla is not None:
+            o = _fla_linear_attn(fla, q, k, v)
+        else:
+            o, _ = chunked_linear_attention(q, k, v, chunk_size=self.chunk_size)
+        return self._out(o)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._streams(x)
+        o, _ = naive_recurrence(q, k, self._values(v))
+        return self._out(o)
+
+    def operator(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, T, T]`` in fp32: ``(phi(Q) phi(K)^T) * M``, rows normalised if enabled."""
+        q, k, _ = self._streams(x)
+        op = (q.float() @ k.float().transpose(-1, -2)).tril()  # [B, H, T, T]
+        if self.normalize:
+            op = op / (op.sum(-1, keepdim=True) + EPS)
+        return op
+
+    def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+        _, _, v = self._streams(x)
+        return self._merge(op @ v.float())
+
+    def init_state(self, batch: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+        """S ``[B, H, dk, dv (+1)]`` in fp32."""
+        dv = self.head_dim + int(self.normalize)
+        return torch.zeros(batch, self.num_heads, self.head_dim, dv, device=device,
+                           dtype=torch.float32)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self._streams(x_t[:, None, :])
+        o, state = naive_recurrence(q, k, self._values(v), initial_state=state)
+        return self._out(o)[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.num_heads * self.head_dim * (self.head_dim + int(self.normalize))
+
+
+def _fla_linear_attn(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """fla's Triton ``chunk_linear_attn`` (layout ``[B, T, H, d]``, unscaled, unnormalised:
+    the normaliser is applied by the caller from the ones column)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, T, H, d]
+    o, _ = call_time_major(fla.chunk_linear_attn, q, k, v, scale=1.0, normalize=False)
+    return o.transpose(1, 2)  # [B, H, T, dv]

@@ -1,0 +1,172 @@
+"""Mamba (Gu & Dao 2023, arXiv 2312.00752): the selective state-space block (S6), the zoo's
+baseline for the state-space family.
+
+    [u, z] = x W_in                                   u, z: [B, T, D_in], D_in = expand * D
+    u = silu(conv_causal(u))                          depthwise, kernel d_conv = 4
+    [dt, B_t, C_t] = u W_x;  Delta = softplus(dt W_dt + b_dt)   dt rank ceil(D / 16)
+    per channel d:  h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t u_t      (h in R^d_state)
+                    y_t = C_t . h_t + D u_t
+    out = (y * silu(z)) W_out
+
+Standard initialisation (mamba_simple.py): ``A = -exp(A_log)`` with ``A_log = log(1..d_state)``
+per channel (S4D-real), ``D = 1``; the dt bias is the inverse softplus of a log-uniform sample
+in ``[dt_min, dt_max]``. ``A_log`` and ``D`` skip weight decay (marked on the parameters).
+
+Paths: ``reference`` is the loop over time (``_scan.naive_recurrence`` with one head per
+channel, ``dv = 1``); ``forward`` a chunk-parallel scan (``_scan.blocked_scan``: the recurrence
+inside all chunks at once, then a carry across chunks through log-space cumulative sums);
+on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``step`` keeps the last
+``d_conv`` conv inputs and the SSM state. ``operator`` is per channel ``[B, D_in, T, T]``,
+``T_ij = C_i . (prod_{m=j+1..i} exp(Delta_m A)) Delta_j B_j`` plus ``D`` on the diagonal (the
+skip), applied to ``u`` *after* the short conv; the conv itself is outside the operator.
+State size: ``D_in * d_state`` floats, constant in T (the SSM state; the conv's
+``D_in * (d_conv - 1)`` input buffer is not counted).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._scan import blocked_scan, causal_operator, kernel_module, naive_recurrence
+from .registry import SequenceMixer, register
+
+
+@register("mamba")
+class Mamba(SequenceMixer):
+    def __init__(self, d_model: int, *, layer_idx: int | None = None, d_state: int = 16,
+                 d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, chunk_size: int = 64, use_kernels: bool = True) -> None:
+        super().__init__()
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(f"mamba: dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+        if min(d_state, d_conv, expand, chunk_size) < 1:
+            raise ValueError("mamba: d_state, d_conv, expand and chunk_size must be positive")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"mamba: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.layer_idx = layer_idx
+        self.d_inner, self.dt_rank = expand * d_model, dt_rank
+        self.chunk_size, self.use_kernels = chunk_size, use_kernels
+        Di = self.d_inner
+        self.in_proj = nn.Linear(d_model, 2 * Di, bias=False)
+        self.conv = nn.Conv1d(Di, Di, d_conv, groups=Di, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(Di, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, Di, bias=True)
+        self.out_proj = nn.Linear(Di, d_model, bias=False)
+
+        # dt: W_dt ~ U(+-dt_rank^-1/2), softplus(b_dt) ~ log-uniform in [dt_min, dt_max].
+        std = dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(Di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        # S4D-real: A_n = -(n + 1) in every channel.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(Di, 1)  # [Di, N]
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(Di))
+        self.D._no_weight_decay = True
+
+    def _project(self, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """From the conv output u ``[B, T, Di]``: the low-rank dt ``[B, T, R]``, B and C
+        ``[B, T, N]``."""
+        return self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
+
+    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """u (after conv and silu) and z ``[B, T, Di]``, dt ``[B, T, R]``, B, C ``[B, T, N]``."""
+        T = x.shape[1]
+        u, z = self.in_proj(x).chunk(2, -1)  # [B, T, Di]
+        u = F.silu(self.conv(u.transpose(1, 2))[..., :T]).transpose(1, 2)  # [B, T, Di] causal
+        return (u, z, *self._project(u))
+
+    def _ssm(self, u: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor,
+             Cm: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The scan in ``_scan``'s convention, one head per channel, fp32:
+        q = C ``[B, Di, T, N]``, k = Delta B ``[B, Di, T, N]``, v = u ``[B, Di, T, 1]``,
+        log decay Delta A ``[B, Di, T, N]``."""
+        delta = F.softplus(self.dt_proj(dt).float()).transpose(1, 2)[..., None]  # [B, Di, T, 1]
+        A = -torch.exp(self.A_log.float())  # [Di, N]
+        B_, Di, T = u.shape[0], self.d_inner, u.shape[1]
+        q = Cm.float()[:, None].expand(B_, Di, T, self.d_state)
+        k = delta * Bm.float()[:, None]
+        return q, k, u.float().transpose(1, 2)[..., None], delta * A[:, None, :]
+
+    def _out(self, y: torch.Tensor, v: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        """y ``[B, Di, T]`` the scan, plus the skip ``D u`` (v = u ``[B, Di, T, 1]``; None when
+        y has it already), gated -> output ``[B, T, D]``."""
+        if v is not None:
+            y = y + self.D.float()[:, None] * v[..., 0]
+        y = y.transpose(1, 2) * F.silu(z.float())  # [B, T, Di]
+        return self.out_proj(y.to(self.out_proj.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, z, dt, Bm, Cm = self._streams(x)
+        ops = kernel_module("mamba_ssm.ops.selective_scan_interface", x, self.use_kernels)
+        if ops is not None:
+            return self._mamba_ssm(ops, u, z, dt, Bm, Cm)
+        q, k, v, log_a = self._ssm(u, dt, Bm, Cm)
+        h, _ = blocked_scan(log_a, k * v, chunk_size=self.chunk_size)  # [B, Di, T, N]
+        return self._out((h * q).sum(-1), v, z)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        u, z, dt, Bm, Cm = self._streams(x)
+        q, k, v, log_a = self._ssm(u, dt, Bm, Cm)
+        o, _ = naive_recurrence(q, k, v, log_a)  # [B, Di, T, 1]
+        return self._out(o[..., 0], v, z)
+
+    def operator(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, Di, T, T]`` per channel, fp32, the skip ``D`` on the diagonal."""
+        u, _, dt, Bm, Cm = self._streams(x)
+        q, k, _, log_a = self._ssm(u, dt, Bm, Cm)
+        op = causal_operator(q, k, log_a, chunk_size=self.chunk_size)
+        return op + torch.diag_embed(self.D.float()[:, None].expand(-1, op.shape[-1]))
+
+    def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+        u, z, *_ = self._streams(x)
+        y = (op @ u.float().transpose(1, 2)[..., None])[..., 0]  # [B, Di, T]
+        return self._out(y, None, z)  # the skip is inside op
+
+    def init_state(self, batch: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """``conv``: the last d_conv conv inputs ``[B, Di, d_conv]`` (activation dtype);
+        ``ssm``: h ``[B, Di, N, 1]`` in fp32."""
+        dtype = dtype or self.in_proj.weight.dtype
+        return {"conv": torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype),
+                "ssm": torch.zeros(batch, self.d_inner, self.d_state, 1, device=device,
+                                   dtype=torch.float32)}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        u, z = self.in_proj(x_t).chunk(2, -1)  # [B, Di]
+        conv = torch.cat([state["conv"][..., 1:], u[..., None].to(state["conv"].dtype)], -1)
+        u = (conv * self.conv.weight[:, 0, :]).sum(-1)  # [B, Di] the newest conv output
+        if self.conv.bias is not None:
+            u = u + self.conv.bias
+        u, z = F.silu(u)[:, None], z[:, None]  # [B, 1, Di]
+        q, k, v, log_a = self._ssm(u, *self._project(u))
+        o, ssm = naive_recurrence(q, k, v, log_a, initial_state=state["ssm"])
+        return self._out(o[..., 0], v, z)[:, 0], {"conv": conv, "ssm": ssm}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_inner * self.d_state
+
+    def _mamba_ssm(self, ops: Any, u: torch.Tensor, z: torch.Tensor, dt: torch.Tensor,
+                   Bm: torch.Tensor, Cm: torch.Tensor) -> torch.Tensor:
+        """mamba-ssm's CUDA ``selective_scan_fn`` (gating and skip fused in)."""
+        y = ops.selective_scan_fn(
+            u.transpose(1, 2).contiguous(),  # [B, Di, T]
+            F.linear(dt, self.dt_proj.weight).transpose(1, 2).contiguous(),  # [B, Di, T] pre-bias
+            -torch.exp(self.A_log.float()),  # [Di, N]
+            Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(),  # [B, N, T]
+            self.D.float(), z=z.transpose(1, 2).contiguous(),
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2).to(self.out_proj.weight.dtype))  # [B, T, D]

@@ -1,0 +1,155 @@
+"""Phalanx: a layer built on Sliding Window Recurrence (SWR), arXiv 2512.13921.
+
+SWR is the first-order linear recurrence ``x_i = a_i x_{i-1} + u_i`` truncated to a *jagged*
+window aligned to blocks of ``BL = 16`` tokens:
+
+    x = (L * M_jag) u,    L_ij = prod_{m=j+1..i} a_m  (L_ii = 1),
+    M_jag[i, j] = 1  iff  j <= i  and  floor(i/BL) - floor(j/BL) in {0, 1}
+
+so token ``i`` sees its own block so far and the whole previous block: the
+``(i mod BL) + 1 + BL`` most recent tokens (17 to 32; fewer in the first block).
+
+Block two-pass computation (``swr``): (1) inside every block the exact recurrence from zero,
+as a ``BL x BL`` lower-triangular matrix of log-space cumulative products; (2) the carry
+``x_{c,r} += (prod_{m<=r} a_{c,m}) * x^loc_{c-1, BL-1}`` from the previous block's *local*
+terminal value (without its own carry). Streaming state per channel: ``h_loc``, ``r_pref``,
+``c_prev``; each step ``h_loc <- a h_loc + u``, ``r_pref <- a r_pref``,
+``y = h_loc + r_pref c_prev``; at a block end ``c_prev <- h_loc, h_loc <- 0, r_pref <- 1``.
+
+The layer (head dim 16, ``H = D / 16``; default ``nn.Linear`` init):
+
+    A = sigmoid(x W_a + b_a)   one decay per head, tiled over its 16 channels   [B, T, H]
+    Bg = sigmoid(x W_b + b_b),  C = x W_c + b_c,  V = x W_v                        [B, T, D]
+    Y = SWR(A, Bg * V),   y = Y * C + V,   out = W_out y
+
+The recurrence runs in fp32 even under bf16 autocast; T is padded to a multiple of BL
+internally, so any T works. ``operator`` is ``L * M_jag`` per head ``[B, H, T, T]`` (built from
+the definition in float64), applied to ``Bg * V`` of that head's channels.
+State size: 2 floats per channel (``2 D``; ``h_loc`` and ``c_prev``), where the untruncated
+recurrence would need 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._scan import decay_matrix, fp32, pad_time
+from .registry import SequenceMixer, register
+
+
+def swr(log_a: torch.Tensor, u: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """Block two-pass SWR. log_a ``[..., T]`` (one decay per row of channels), u ``[..., T, c]``
+    -> x ``[..., T, c]`` in fp32."""
+    with fp32(u):
+        T = u.shape[-2]
+        la = pad_time(log_a.float(), block, dim=-1).unflatten(-1, (-1, block))  # [..., NB, BL]
+        ub = pad_time(u.float(), block).unflatten(-2, (-1, block))  # [..., NB, BL, c]
+        cs = la.cumsum(-1)  # [..., NB, BL] log prod a from the block start
+        local = decay_matrix(cs) @ ub  # [..., NB, BL, c] pass 1: exact, from zero
+        prev_end = F.pad(local[..., :-1, -1, :], (0, 0, 1, 0))  # [..., NB, c] zero for block 0
+        x = local + cs.exp()[..., None] * prev_end[..., None, :]  # pass 2: the carry
+        return x.flatten(-3, -2)[..., :T, :]
+
+
+def swr_reference(log_a: torch.Tensor, u: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """SWR as a plain loop over time, in fp32: two copies of the recurrence, restarted at
+    alternate block starts; a token in block c reads the copy restarted at block c - 1."""
+    a, u = log_a.float().exp(), u.float()  # [..., T], [..., T, c]
+    h = [torch.zeros_like(u[..., 0, :]), torch.zeros_like(u[..., 0, :])]
+    out = []
+    for t, (a_t, u_t) in enumerate(zip(a.unbind(-1), u.unbind(-2))):
+        c = t // block
+        if t % block == 0:
+            h[c % 2] = torch.zeros_like(h[c % 2])
+        h = [a_t[..., None] * h_i + u_t for h_i in h]
+        out.append(h[(c - 1) % 2] if c > 0 else h[0])
+    return torch.stack(out, -2)
+
+
+def jagged_operator(log_a: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """``L * M_jag`` from the definition: log_a ``[..., T]`` -> ``[..., T, T]`` (fp32, formed in
+    float64 so the global cumulative sum loses nothing at long T)."""
+    T = log_a.shape[-1]
+    cs = log_a.double().cumsum(-1)  # [..., T]
+    i = torch.arange(T, device=log_a.device)
+    blk = i // block
+    mask = (i[None, :] <= i[:, None]) & (blk[:, None] - blk[None, :] <= 1)  # [T, T] M_jag
+    diff = cs[..., :, None] - cs[..., None, :]  # log L_ij
+    return diff.masked_fill(~mask, float("-inf")).exp().float()
+
+
+@register("phalanx")
+class Phalanx(SequenceMixer):
+    def __init__(self, d_model: int, *, layer_idx: int | None = None, head_dim: int = 16,
+                 block_size: int = 16) -> None:
+        super().__init__()
+        if head_dim < 1 or d_model % head_dim:
+            raise ValueError(f"phalanx: d_model={d_model} is not divisible by head_dim={head_dim}")
+        if block_size < 1:
+            raise ValueError(f"phalanx: block_size must be a positive int, got {block_size}")
+        self.d_model, self.head_dim, self.block_size = d_model, head_dim, block_size
+        self.num_heads, self.layer_idx = d_model // head_dim, layer_idx
+        self.abc = nn.Linear(d_model, self.num_heads + 2 * d_model)  # W_a, W_b, W_c with biases
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+
+    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """log A ``[B, H, T]`` and u = Bg * V ``[B, H, T, hd]`` in fp32; C, V ``[B, T, D]``."""
+        H, D = self.num_heads, self.d_model
+        za, zb, c = self.abc(x).split([H, D, D], -1)
+        v = self.v(x)
+        log_a = F.logsigmoid(za.float()).transpose(1, 2)  # [B, H, T]
+        u = self._heads(torch.sigmoid(zb.float()) * v.float())  # [B, H, T, hd]
+        return log_a, u, c, v
+
+    def _out(self, Y: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        B, H, T, hd = Y.shape
+        Y = Y.transpose(1, 2).reshape(B, T, H * hd)  # [B, T, D]
+        y = Y * c.float() + v.float()  # fp32; cast for the projection (bf16 when the layer is)
+        return self.out(y.to(self.out.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_a, u, c, v = self._streams(x)
+        return self._out(swr(log_a, u, self.block_size), c, v)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        log_a, u, c, v = self._streams(x)
+        return self._out(swr_reference(log_a, u, self.block_size), c, v)
+
+    def operator(self, x: torch.Tensor) -> torch.Tensor:
+        """``L * M_jag`` per head, ``[B, H, T, T]``."""
+        return jagged_operator(self._streams(x)[0], self.block_size)
+
+    def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+        _, u, c, v = self._streams(x)
+        return self._out(op @ u, c, v)
+
+    def init_state(self, batch: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """fp32 ``h_loc``, ``c_prev`` ``[B, H, hd]``; ``r_pref`` ``[B, H, 1]`` (shared by a head's
+        channels, as the decay is); ``pos`` the tokens seen so far."""
+        zeros = torch.zeros(batch, self.num_heads, self.head_dim, device=device,
+                            dtype=torch.float32)
+        return {"h_loc": zeros, "c_prev": zeros.clone(),
+                "r_pref": zeros.new_ones(batch, self.num_heads, 1), "pos": 0}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        log_a, u, c, v = self._streams(x_t[:, None, :])
+        a, u = log_a.exp(), u[:, :, 0]  # [B, H, 1], [B, H, hd]
+        h_loc, r_pref, c_prev = a * state["h_loc"] + u, a * state["r_pref"], state["c_prev"]
+        y = h_loc + r_pref * c_prev  # [B, H, hd]
+        if state["pos"] % self.block_size == self.block_size - 1:  # block end
+            c_prev, h_loc, r_pref = h_loc, torch.zeros_like(h_loc), torch.ones_like(r_pref)
+        state = {"h_loc": h_loc, "c_prev": c_prev, "r_pref": r_pref, "pos": state["pos"] + 1}
+        return self._out(y[:, :, None], c, v)[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * self.d_model

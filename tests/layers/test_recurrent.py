@@ -1,0 +1,357 @@
+"""Family tests for the recurrent mixers (linear_attn, gla, phalanx, mamba): fast paths against
+the loop references at odd and long lengths, chunk-size independence, numerics under strong
+decay and bf16 autocast, the Phalanx jagged window, and the guarded accelerated paths."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import layers
+from layers._scan import (blocked_scan, causal_operator, chunked_linear_attention,
+                          naive_recurrence)
+from layers.phalanx import jagged_operator, swr, swr_reference
+from layers.testing import assert_rel_close, rel_rms_error
+
+RECURRENT = ["linear_attn", "gla", "phalanx", "mamba"]
+D = 32
+
+
+def make(name: str, d_model: int = D, **opts) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return layers.build(name, d_model, **opts).eval()
+
+
+def inputs(T: int, B: int = 1, d_model: int = D, seed: int = 1) -> torch.Tensor:
+    return torch.randn(B, T, d_model, generator=torch.Generator().manual_seed(seed))
+
+
+def check_against_reference(m: torch.nn.Module, x: torch.Tensor, tol: float = 5e-3) -> None:
+    """Outputs, input grads and every parameter grad of forward vs reference."""
+    x = x.clone().requires_grad_()
+    y = m(x)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *m.parameters()], g, allow_unused=True)
+    y_ref = m.reference(x)
+    grads_ref = torch.autograd.grad(y_ref, [x, *m.parameters()], g, allow_unused=True)
+    assert_rel_close(y, y_ref, tol, what="output")
+    names = ["x", *(n for n, _ in m.named_parameters())]
+    for n, a, b in zip(names, grads, grads_ref):
+        if a is not None or b is not None:
+            assert_rel_close(a, b, tol, what=f"grad of {n}")
+
+
+# --- fast path vs reference ----------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [63, 100, 1000])
+@pytest.mark.parametrize("name", RECURRENT)
+def test_fast_matches_reference(name, T):
+    check_against_reference(make(name), inputs(T))
+
+
+@pytest.mark.parametrize("opts", [
+    {"feature_map": "elu+1"}, {"feature_map": "relu"},
+    {"feature_map": "elu+1", "normalize": True}, {"feature_map": "identity", "normalize": True},
+], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_linear_attn_options_match_reference(opts):
+    check_against_reference(make("linear_attn", **opts), inputs(100, B=2))
+
+
+@pytest.mark.parametrize("opts", [{"gate": "scalar"}, {"expand_k": 1.0, "expand_v": 2.0}],
+                         ids=["scalar-gate", "expand"])
+def test_gla_options_match_reference(opts):
+    check_against_reference(make("gla", **opts), inputs(100, B=2))
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+@pytest.mark.parametrize("T", [1, 15, 16, 17])
+def test_short_and_block_edge_lengths(name, T):
+    check_against_reference(make(name), inputs(T, B=2))
+
+
+# --- chunking ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["linear_attn", "gla", "mamba"])
+def test_chunk_size_independent(name):
+    x = inputs(100, B=2)
+    with torch.no_grad():
+        ys = {c: make(name, chunk_size=c)(x) for c in (1, 8, 16, 24, 64, 256)}
+    for c, y in ys.items():
+        assert_rel_close(y, ys[64], 1e-5, what=f"{name} chunk_size={c} vs 64")
+
+
+@pytest.mark.parametrize("gate,factorise_below", [
+    ("none", 60.0), ("scalar", 60.0), ("vector", 60.0), ("vector", 0.0)],
+    ids=["none", "scalar", "vector-factorised", "vector-two-level"])
+def test_kernel_matches_loop_and_final_state(gate, factorise_below):
+    """All intra-chunk paths; the vector gate's log decays (-1 a step on average) total about
+    -32 +- 3 over a 32-token chunk, above -60, so it can take either."""
+    g = torch.Generator().manual_seed(0)
+    B, H, T, dk, dv = 2, 3, 150, 8, 5
+    q, k = torch.randn(B, H, T, dk, generator=g), torch.randn(B, H, T, dk, generator=g)
+    v = torch.randn(B, H, T, dv, generator=g)
+    width = {"none": 0, "scalar": 1, "vector": dk}[gate]
+    log_g = -2 * torch.rand(B, H, T, width, generator=g) if width else None
+    S0 = torch.randn(B, H, dk, dv, generator=g)
+    o_ref, S_ref = naive_recurrence(q, k, v, log_g, initial_state=S0)
+    o, S = chunked_linear_attention(q, k, v, log_g, chunk_size=32, initial_state=S0,
+                                    factorise_below=factorise_below)
+    assert_rel_close(o, o_ref, 1e-5, what="output")
+    assert_rel_close(S, S_ref, 1e-5, what="final state")
+    op = causal_operator(q, k, log_g, chunk_size=32)
+    assert_rel_close(op @ v, naive_recurrence(q, k, v, log_g)[0], 1e-5, what="operator")
+
+
+def test_blocked_scan_matches_loop():
+    g = torch.Generator().manual_seed(0)
+    log_a, b = -5 * torch.rand(2, 3, 100, 4, generator=g), torch.randn(2, 3, 100, 4, generator=g)
+    h0 = torch.randn(2, 3, 4, generator=g)
+    h_ref, h = [], h0
+    for t in range(100):
+        h = log_a[..., t, :].exp() * h + b[..., t, :]
+        h_ref.append(h)
+    out, last = blocked_scan(log_a, b, chunk_size=16, initial_state=h0)
+    assert_rel_close(out, torch.stack(h_ref, -2), 1e-5, what="states")
+    assert_rel_close(last, h, 1e-5, what="final state")
+
+
+# --- strong decay ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [1, 4], ids=["scalar", "vector"])
+def test_kernel_strong_decay_long_sequence(width):
+    """Per-step log decays down to -100 (products far below fp32's range within one chunk)
+    over 16384 steps: finite, and equal to the loop where that is cheap."""
+    g = torch.Generator().manual_seed(0)
+    T = 16384
+    q, k, v = (torch.randn(1, 1, T, 4, generator=g) for _ in range(3))
+    log_g = -100 * torch.rand(1, 1, T, width, generator=g)
+    o, S = chunked_linear_attention(q, k, v, log_g)
+    assert torch.isfinite(o).all() and torch.isfinite(S).all()
+    n = 300
+    o_ref, _ = naive_recurrence(q[..., :n, :], k[..., :n, :], v[..., :n, :], log_g[..., :n, :])
+    assert_rel_close(o[..., :n, :], o_ref, 1e-5, what="strong decay vs loop")
+
+
+def _strong_decay(name: str, m: torch.nn.Module) -> torch.nn.Module:
+    """Gates near 0: GLA per-channel gate logits down to -400 (log alpha to -25 per step),
+    Mamba Delta ~ 10 (Delta A to -160), Phalanx a ~ 1e-13; linear attention has no decay."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        if name == "gla":
+            bias = m.gate_proj[1].bias
+            bias.copy_(-400 * torch.rand(bias.shape, generator=g))
+        elif name == "mamba":
+            m.dt_proj.bias.fill_(10.0)
+        elif name == "phalanx":
+            m.abc.bias[: m.num_heads].fill_(-30.0)
+    return m
+
+
+@pytest.mark.parametrize("name", ["gla", "phalanx", "mamba"])
+def test_strong_decay(name):
+    m = _strong_decay(name, make(name, d_model=16))
+    x = inputs(4096, d_model=16).requires_grad_()
+    y = m(x)
+    y.square().mean().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    check_against_reference(m, inputs(100, d_model=16))
+
+
+# --- state -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,expected", [
+    ("linear_attn", 4 * 8 * 8), ("gla", 4 * 4 * 8), ("phalanx", 2 * D), ("mamba", 2 * D * 16)])
+def test_state_size_is_constant(name, expected):
+    m = make(name)
+    assert {m.state_size(T) for T in (1, 100, 10**6)} == {expected}
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_step_matches_forward_across_chunks(name):
+    m = make(name, **({} if name == "phalanx" else {"chunk_size": 16}))
+    x = inputs(70, B=2)
+    with torch.no_grad():
+        y = m(x)
+        state = m.init_state(2, x.device, x.dtype)
+        ys = []
+        for t in range(x.shape[1]):
+            y_t, state = m.step(x[:, t], state)
+            ys.append(y_t)
+    assert_rel_close(torch.stack(ys, 1), y, 1e-5, what=f"{name} step vs forward")
+
+
+# --- bf16 autocast -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_bf16_autocast_close_to_fp32(name):
+    m, x = make(name), inputs(100, B=2)
+    with torch.no_grad():
+        y32 = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y16 = m(x)
+    assert torch.isfinite(y16).all()
+    assert rel_rms_error(y16.float(), y32) < 5e-2
+
+
+def test_kernels_compute_in_fp32_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 4, generator=g).bfloat16() for _ in range(3))
+    log_g = -torch.rand(1, 2, 40, 4, generator=g).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, S = chunked_linear_attention(q, k, v, log_g, chunk_size=16)
+        h, _ = blocked_scan(log_g, v, chunk_size=16)
+        x = swr(log_g[..., 0], v)
+    assert {o.dtype, S.dtype, h.dtype, x.dtype} == {torch.float32}
+    o_ref, _ = naive_recurrence(q.float(), k.float(), v.float(), log_g.float())
+    assert_rel_close(o, o_ref, 1e-5, what="autocast kernel vs fp32 loop")
+
+
+# --- Phalanx ---------------------------------------------------------------------------------
+
+def test_phalanx_jagged_window():
+    """Token i sees exactly the (i mod 16) + 1 + 16 most recent tokens (i + 1 in block 0)."""
+    m = make("phalanx")
+    with torch.no_grad():
+        op = m.operator(inputs(100, B=2))  # [B, H, T, T]
+    assert op.shape == (2, D // 16, 100, 100)
+    seen = op != 0
+    for i in range(100):
+        width = min(i + 1, i % 16 + 1 + 16)
+        expected = torch.zeros(100, dtype=torch.bool)
+        expected[i + 1 - width: i + 1] = True
+        assert (seen[..., i, :] == expected).all(), f"row {i}"
+
+
+@pytest.mark.parametrize("T", [16, 63, 100])
+def test_phalanx_two_pass_equals_exact_form(T):
+    g = torch.Generator().manual_seed(0)
+    log_a = -4 * torch.rand(2, 3, T, generator=g)
+    u = torch.randn(2, 3, T, 5, generator=g)
+    exact = jagged_operator(log_a) @ u  # (L * M_jag) u
+    assert_rel_close(swr(log_a, u), exact, 1e-5, what="two-pass vs exact")
+    assert_rel_close(swr_reference(log_a, u), exact, 1e-5, what="loop vs exact")
+
+
+def test_phalanx_needs_d_model_divisible_by_16():
+    with pytest.raises(ValueError, match="d_model=40"):
+        layers.build("phalanx", 40)
+
+
+# --- Mamba -----------------------------------------------------------------------------------
+
+def test_mamba_initialisation():
+    m = make("mamba")
+    assert m.A_log._no_weight_decay and m.D._no_weight_decay
+    torch.testing.assert_close(-m.A_log.exp(), -torch.arange(1.0, 17.0).expand(2 * D, 16))
+    dt = torch.nn.functional.softplus(m.dt_proj.bias)
+    assert ((dt >= 1e-3 * 0.999) & (dt <= 0.1 * 1.001)).all()
+
+
+# --- option validation and import hygiene ------------------------------------------------------
+
+@pytest.mark.parametrize("name,opts,message", [
+    ("gla", {"gate": "matrix"}, "gate='matrix'"),
+    ("gla", {"num_heads": 3}, "divisible by num_heads=3"),
+    ("linear_attn", {"feature_map": "softmax"}, "feature_map='softmax'"),
+    ("mamba", {"dt_rank": 0}, "dt_rank"),
+])
+def test_bad_options_fail_clearly(name, opts, message):
+    with pytest.raises(ValueError, match=message):
+        layers.build(name, D, **opts)
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_config_file_holds_the_defaults(name):
+    path = Path(__file__).parents[2] / "configs" / "layer" / f"{name}.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    assert cfg.pop("name") == name
+    assert cfg == {k: v for k, v in layers.options(name).items() if k != "layer_idx"}
+    layers.build(name, D, **cfg)
+
+
+def test_no_accelerator_imports_on_cpu():
+    code = ("import sys, torch, layers\n"
+            "x = torch.randn(1, 20, 32)\n"
+            "for n in ['linear_attn', 'gla', 'phalanx', 'mamba']: layers.build(n, 32)(x)\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('fla', 'mamba_ssm', 'triton')]\n"
+            "assert not bad, bad\n")
+    root = str(Path(layers.__file__).resolve().parents[1])  # the same checkout as this test's
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+class FakeFla:
+    """fla's kernel signatures on ``[B, T, H, d]`` tensors (pre-2025 ``head_first`` flag
+    included), computed by the loop reference: checks the adapters' layouts on CPU."""
+
+    @staticmethod
+    def _loop(q, k, v, g=None):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
+        o, S = naive_recurrence(q, k, v, None if g is None else g.transpose(1, 2))
+        return o.transpose(1, 2), S
+
+    def chunk_gla(self, q, k, v, g, scale=None, head_first=True):
+        assert not head_first and g.shape == k.shape
+        return self._loop(q * scale, k, v, g)
+
+    def chunk_linear_attn(self, q, k, v, scale=None, normalize=True):
+        assert not normalize
+        return self._loop(q * scale, k, v)
+
+
+def fake_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """mamba-ssm's ``selective_scan_fn`` semantics (u, delta, z ``[b, d, l]``; B, C
+    ``[b, n, l]``), written out independently of layers/mamba.py."""
+    delta = delta + delta_bias[:, None]
+    delta = torch.nn.functional.softplus(delta) if delta_softplus else delta
+    h, ys = 0.0, []
+    for t in range(u.shape[-1]):
+        dt = delta[:, :, t, None]  # [b, d, 1]
+        h = torch.exp(dt * A) * h + dt * B[:, None, :, t] * u[:, :, t, None]  # [b, d, n]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1) + D[:, None] * u
+    return y * torch.nn.functional.silu(z)
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("gla", {}), ("gla", {"gate": "scalar"}), ("linear_attn", {}),
+    ("linear_attn", {"feature_map": "elu+1", "normalize": True}), ("mamba", {})],
+    ids=["gla", "gla-scalar", "linear_attn", "linear_attn-normalize", "mamba"])
+def test_accelerated_path_adapters(name, opts, monkeypatch):
+    """The code around the fla / mamba-ssm calls (layouts, scale, gate and normaliser
+    handling) with those kernels replaced by CPU stand-ins of the same signature."""
+    fake = FakeFla() if name != "mamba" else type("ops", (), {
+        "selective_scan_fn": staticmethod(fake_selective_scan_fn)})
+    module = sys.modules[layers.get(name).__module__]
+    monkeypatch.setattr(module, "kernel_module",
+                        lambda pkg, x, enabled=True: fake if enabled else None)
+    m, x = make(name, **opts), inputs(40, B=2)
+    with torch.no_grad():
+        assert_rel_close(m(x), m.reference(x), 1e-5, what=f"{name} through the kernel adapter")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,package", [
+    ("linear_attn", "fla"), ("gla", "fla"), ("mamba", "mamba_ssm")])
+def test_accelerated_path_matches_pure_torch(name, package):
+    pytest.importorskip(package)
+    m = make(name).cuda()
+    x = inputs(300, B=2).cuda()
+    with torch.no_grad():
+        y_kernel = m(x)
+        m.use_kernels = False
+        y_torch = m(x)
+    assert_rel_close(y_kernel, y_torch, 1e-2, what=f"{name} kernel vs pure torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", RECURRENT)
+def test_pure_torch_paths_on_cuda(name):
+    m = make(name, use_kernels=False) if name != "phalanx" else make(name)
+    check_against_reference(m.cuda(), inputs(100, B=2).cuda())
