@@ -93,17 +93,17 @@ class MixtureOfExperts(ChannelMixer):
             starts = torch.cumsum(counts, 0) - counts
             rank_in_expert = torch.arange(N * k, device=x.device) - starts[expert_of[order]]
             keep = rank_in_expert < capacity
-        out = torch.zeros_like(x)
         kept_counts = torch.bincount(expert_of[order][keep], minlength=E).tolist()
         sorted_tokens, sorted_w = token_of[keep], weights.reshape(-1)[order][keep]
-        start = 0
-        for e, n_e in enumerate(kept_counts):
-            if n_e == 0:
-                continue
-            idx = sorted_tokens[start:start + n_e]
-            y_e = self.expert(e, x[idx]) * sorted_w[start:start + n_e, None].to(x.dtype)
-            out.index_add_(0, idx, y_e)
-            start += n_e
+        grouped = x[sorted_tokens]  # [M, D]: one gather, contiguous per expert
+        w12, w3 = self.w12.unbind(0), self.w3.unbind(0)  # one backward for all experts
+        outs = []
+        for e, xe in enumerate(grouped.split(kept_counts)):
+            if len(xe):
+                gate, up = (xe @ w12[e]).chunk(2, dim=-1)  # [n_e, h] each
+                outs.append((F.silu(gate) * up) @ w3[e])
+        ys = torch.cat(outs) * sorted_w[:, None].to(x.dtype) if outs else grouped
+        out = torch.zeros_like(x).index_add_(0, sorted_tokens, ys)  # one scatter back
         self._record(logits, counts, N * k - int(keep.sum()))
         return out.reshape(shape)
 
