@@ -73,13 +73,26 @@ class Task:
     def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def at_length(self, seq_len: int) -> "Task":
-        return dataclasses.replace(self, seq_len=seq_len)
+    @property
+    def length(self) -> int:
+        """The length this task is trained at, in the units ``at_length`` takes: the sequence
+        length unless a task says otherwise (copying counts string length)."""
+        return self.seq_len
+
+    def at_length(self, length: int) -> "Task":
+        return dataclasses.replace(self, seq_len=length)
 
     def oracle(self, inputs: torch.Tensor) -> torch.Tensor:
         """Predictions of a perfect solver at every position ([N, T] long); tests only need
         them to be right where targets are supervised."""
         raise NotImplementedError
+
+
+def last_position(mask: torch.Tensor) -> torch.Tensor:
+    """``[N, T]``: the index of the last True at or before each position, -1 before the first.
+    Lets oracles parse a row causally (which example, which segment a position is in)."""
+    t = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask, t, -1).cummax(1).values
 
 
 def split_seed(seed: int, split: str, seq_len: int) -> int:
@@ -146,9 +159,10 @@ def rates(counts: dict[str, int]) -> dict[str, float]:
             "exact_match": counts["exact"] / max(counts["examples"], 1)}
 
 
-def sample_distinct(n_rows: int, k: int, low: int, high: int,
-                    generator: torch.Generator) -> torch.Tensor:
-    """``[n_rows, k]`` integers from ``[low, high)``, distinct within each row, in random order.
+def sample_distinct(n_rows: int, k: int, low: int, high: int, generator: torch.Generator,
+                    ordered: bool = False) -> torch.Tensor:
+    """``[n_rows, k]`` integers from ``[low, high)``, distinct within each row, in random order
+    (increasing with ``ordered``).
 
     Small ``k`` against the range: redraw rows that repeat a value. Moderate ``k``: redraw
     just the repeated entries, then shuffle. ``k`` a large fraction of the range: a per-row
@@ -163,7 +177,7 @@ def sample_distinct(n_rows: int, k: int, low: int, high: int,
         for s in range(0, n_rows, step):
             m = min(step, n_rows - s)
             out[s:s + m] = torch.rand(m, span, generator=generator).argsort(1)[:, :k] + low
-        return out
+        return out.sort(1).values if ordered else out
     if k * k <= span:
         # Few collisions expected: redraw whole rows that repeat a value. Uniform over
         # ordered tuples of distinct values, so no shuffle is needed afterwards.
@@ -175,7 +189,7 @@ def sample_distinct(n_rows: int, k: int, low: int, high: int,
             repeats = same.sum((1, 2)) > k
             bad = bad[repeats]
             x[bad] = torch.randint(low, high, (len(bad), k), generator=generator)
-        return x
+        return x.sort(1).values if ordered else x
     x = torch.randint(low, high, (n_rows, k), generator=generator)
     while True:
         x, _ = x.sort(1)
@@ -185,5 +199,7 @@ def sample_distinct(n_rows: int, k: int, low: int, high: int,
         if n_dup == 0:
             break
         x[dup] = torch.randint(low, high, (n_dup,), generator=generator)
+    if ordered:
+        return x
     order = torch.rand(n_rows, k, generator=generator).argsort(1)
     return x.gather(1, order)

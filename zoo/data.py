@@ -59,9 +59,9 @@ class TaskDataModule(L.LightningDataModule):
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 4 * batch_size
-        self.eval_lengths = list(eval_lengths or [task.seq_len])
-        if task.seq_len not in self.eval_lengths:
-            self.eval_lengths.insert(0, task.seq_len)
+        self.eval_lengths = list(eval_lengths or [task.length])
+        if task.length not in self.eval_lengths:
+            self.eval_lengths.insert(0, task.length)
         # Validate every eval-length variant now, before any generation or training.
         self.eval_tasks = {L_: task.at_length(L_) for L_ in self.eval_lengths}
         self.leakage: dict[str, int] = {}
@@ -76,7 +76,7 @@ class TaskDataModule(L.LightningDataModule):
                  for L_, t in self.eval_tasks.items()}
         self._splits = {"train": train, "val": val, "test": tests}
         self.leakage = {"val": tasks.leakage(train[0], val[0]),
-                        "test": tasks.leakage(train[0], tests[self.task.seq_len][0])}
+                        "test": tasks.leakage(train[0], tests[self.task.length][0])}
 
     def _loader(self, pair: tuple[torch.Tensor, torch.Tensor], batch_size: int,
                 shuffle: bool) -> DataLoader:
