@@ -82,6 +82,11 @@ class Task:
     def at_length(self, length: int) -> "Task":
         return dataclasses.replace(self, seq_len=length)
 
+    def eval_variants(self) -> dict[str, "Task"]:
+        """Extra test sets beyond other lengths (e.g. ``{"ood": ...}`` for unseen distances),
+        each reported as ``test/acc@<name>``."""
+        return {}
+
     def oracle(self, inputs: torch.Tensor) -> torch.Tensor:
         """Predictions of a perfect solver at every position ([N, T] long); tests only need
         them to be right where targets are supervised."""

@@ -87,6 +87,13 @@ class Induction(Task):
                              "narrow distances or min_distance/max_distance to leave some out")
         return dataclasses.replace(self, distances=tuple(rest))
 
+    def eval_variants(self) -> dict[str, "Induction"]:
+        """``ood``: the same length with only the distances training never draws (if any)."""
+        try:
+            return {"ood": self.out_of_distribution()}
+        except ValueError:
+            return {}
+
     def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.seq_len
         support = torch.tensor(self.support)

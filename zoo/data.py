@@ -62,8 +62,10 @@ class TaskDataModule(L.LightningDataModule):
         self.eval_lengths = list(eval_lengths or [task.length])
         if task.length not in self.eval_lengths:
             self.eval_lengths.insert(0, task.length)
-        # Validate every eval-length variant now, before any generation or training.
-        self.eval_tasks = {L_: task.at_length(L_) for L_ in self.eval_lengths}
+        # Validate every test variant now, before any generation or training. Names become
+        # metric suffixes: test/acc@len=64, test/acc@ood; the training length comes first.
+        self.eval_tasks = {f"len={L_}": task.at_length(L_) for L_ in self.eval_lengths}
+        self.eval_tasks.update(task.eval_variants())
         self.leakage: dict[str, int] = {}
         self._splits: dict[str, Any] = {}
 
@@ -72,11 +74,15 @@ class TaskDataModule(L.LightningDataModule):
             return
         train = tasks.make_split(self.task, self.num_train, self.seed, "train")
         val = tasks.make_split(self.task, self.num_val, self.seed, "val")
-        tests = {L_: tasks.make_split(t, self.num_test, self.seed, "test")
-                 for L_, t in self.eval_tasks.items()}
+        tests = {name: tasks.make_split(t, self.num_test, self.seed, "test")
+                 for name, t in self.eval_tasks.items()}
         self._splits = {"train": train, "val": val, "test": tests}
         self.leakage = {"val": tasks.leakage(train[0], val[0]),
-                        "test": tasks.leakage(train[0], tests[self.task.length][0])}
+                        "test": tasks.leakage(train[0], tests[self.eval_names[0]][0])}
+
+    @property
+    def eval_names(self) -> list[str]:
+        return list(self.eval_tasks)
 
     def _loader(self, pair: tuple[torch.Tensor, torch.Tensor], batch_size: int,
                 shuffle: bool) -> DataLoader:
@@ -90,5 +96,5 @@ class TaskDataModule(L.LightningDataModule):
         return self._loader(self._splits["val"], self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self._splits["test"][L_], self.eval_batch_size, shuffle=False)
-                for L_ in self.eval_lengths]
+        return [self._loader(self._splits["test"][name], self.eval_batch_size, shuffle=False)
+                for name in self.eval_names]

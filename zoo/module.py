@@ -26,12 +26,12 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 class ZooModule(L.LightningModule):
     def __init__(self, model: dict[str, Any], optim: dict[str, Any],
-                 eval_lengths: list[int] | None = None) -> None:
+                 eval_names: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = Backbone(**model)
         self.optim = dict(optim)
-        self.eval_lengths = list(eval_lengths or [])
+        self.eval_names = list(eval_names or [])  # test sets in dataloader order
         self.failure: str | None = None
         self.layer_stats: dict[str, float] = {}  # of the last training step
         self.metrics: dict[str, float] = {}
@@ -104,10 +104,10 @@ class ZooModule(L.LightningModule):
         self._accumulate(f"test{dataloader_idx}", batch)
 
     def on_test_epoch_end(self) -> None:
-        for i, length in enumerate(self.eval_lengths):
+        for i, name in enumerate(self.eval_names):
             out = self._finish(f"test{i}")
             for k, v in out.items():
-                self.metrics[f"test/{k}@len={length}"] = v
+                self.metrics[f"test/{k}@{name}"] = v
                 if i == 0:  # the training length is listed first
                     self.metrics[f"test/{k}"] = v
         for k, v in self.metrics.items():

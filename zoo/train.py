@@ -70,7 +70,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     dm = TaskDataModule(task, seed=cfg.seed, **sizes)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = ZooModule(mkw, cfg_dict["optim"], eval_lengths=dm.eval_lengths)
+    module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names)
     out_dir = Path(cfg.out_dir)
     cbs, ckpt = _callbacks(cfg, out_dir)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False

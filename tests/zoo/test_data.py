@@ -19,3 +19,12 @@ def test_other_tasks_count_sequence_length():
     dm = TaskDataModule(tasks.build("induction"), num_train=8, num_val=8, num_test=8,
                         eval_lengths=[128])
     assert dm.eval_lengths == [64, 128]
+
+
+def test_eval_variants_become_test_sets():
+    narrow = tasks.build("induction", distances=[16])
+    dm = TaskDataModule(narrow, num_train=64, num_val=8, num_test=8, eval_lengths=[128])
+    assert dm.eval_names == ["len=64", "len=128", "ood"]
+    assert 16 not in dm.eval_tasks["ood"].support
+    diverse = tasks.build("induction")  # every distance of the length: nothing is unseen
+    assert TaskDataModule(diverse, num_train=8, num_val=8, num_test=8).eval_names == ["len=64"]
