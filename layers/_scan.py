@@ -251,7 +251,8 @@ class _SelectiveScan(torch.autograd.Function):
         du = delta * u
         y = torch.empty_like(u)
         dA, H = u.new_empty(L, B, N, Di), u.new_empty(L, B, N, Di)
-        starts = u.new_zeros(-(-T // L), B, N, Di)  # the state entering each chunk
+        starts = u.new_empty(-(-T // L), B, N, Di)  # the state entering each chunk
+        starts[0].zero_()
         chunks = zip(*(t.split(L) for t in (delta, du, Bm, Cm, y)))
         for i, (d_c, du_c, B_c, C_c, y_c) in enumerate(chunks):
             n = d_c.shape[0]
@@ -282,9 +283,9 @@ class _SelectiveScan(torch.autograd.Function):
                 torch.matmul(gy_c[:, :, None, :], H_.transpose(-1, -2), out=gC_c[:, :, None, :])
                 torch.mul(C_c[..., None], gy_c[:, :, None, :], out=G_)  # C_t gy_t
                 G_[-1] += g_next
-                Gs = G_.unbind(0)
+                Gs, dAs = G_.unbind(0), dA_.unbind(0)
                 for t in reversed(range(n - 1)):
-                    Gs[t].addcmul_(dA_[t + 1], Gs[t + 1])
+                    Gs[t].addcmul_(dAs[t + 1], Gs[t + 1])
                 torch.matmul(B_c[:, :, None, :], G_, out=gdu_c[:, :, None, :])
                 torch.matmul(du_c[:, :, None, :], G_.transpose(-1, -2), out=gB_c[:, :, None, :])
                 S = dA_.mul_(G_)
