@@ -152,6 +152,15 @@ def test_selective_scan_matches_loop(T, chunk_size):
         assert_rel_close(a, b, 1e-5, what=f"grad of {name}")
 
 
+def test_selective_scan_saves_chunk_states_only():
+    """Autograd holds the inputs and one state per chunk, not the T states (B T Di N floats)."""
+    B, T, Di, N = 2, 256, 8, 16
+    y = selective_scan(*s6_inputs(B, T, Di, N), chunk_size=16)
+    scan = y.grad_fn.next_functions[0][0]  # past the transpose back to [B, T, Di]
+    saved = sum(t.numel() for t in scan.saved_tensors)
+    assert saved == 2 * B * T * (Di + N) + Di * N + Di + (T // 16) * B * N * Di
+
+
 # --- strong decay ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("width", [1, 4], ids=["scalar", "vector"])
@@ -237,9 +246,9 @@ def test_kernels_compute_in_fp32_under_autocast():
     log_g = -torch.rand(1, 2, 40, 4, generator=g).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         o, S = chunked_linear_attention(q, k, v, log_g, chunk_size=16)
-        h = selective_scan(*(t.detach().bfloat16() for t in s6_inputs(1, 40, 4, 3)))
+        y = selective_scan(*(t.detach().bfloat16() for t in s6_inputs(1, 40, 4, 3)))
         x = swr(log_g[..., 0], v)
-    assert {o.dtype, S.dtype, h.dtype, x.dtype} == {torch.float32}
+    assert {o.dtype, S.dtype, y.dtype, x.dtype} == {torch.float32}
     o_ref, _ = naive_recurrence(q.float(), k.float(), v.float(), log_g.float())
     assert_rel_close(o, o_ref, 1e-5, what="autocast kernel vs fp32 loop")
 
