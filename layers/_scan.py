@@ -13,8 +13,9 @@ an S6 scan). What lives here:
   within fp32's range, and otherwise forms every ratio as ``exp`` of a log difference <= 0;
 - ``causal_operator``: the same kernel on identity values, i.e. the materialised ``[T, T]``
   mixing matrix a layer applies;
-- ``blocked_scan``: an elementwise recurrence computed chunk-parallel (Mamba's state);
-- ``carry``: the sequential chunk-to-chunk pass both chunked paths end with;
+- ``selective_scan``: Mamba's S6 scan, a loop over time with a hand-written backward that
+  keeps only chunk-boundary states;
+- ``carry``: the sequential chunk-to-chunk pass the chunked form ends with;
 - ``decay_matrix``, ``pad_time``, ``fp32``, ``optional_import``, ``kernel_module`` and
   ``call_time_major``: small helpers.
 
@@ -38,6 +39,10 @@ SUB_CHUNK = 16
 # A chunk whose total log decay stays above -FACTORISE_BELOW in every channel may use the
 # factorised scores (Q * b)(K / b)^T: then 1 / b <= exp(60), well inside fp32's exp(88).
 FACTORISE_BELOW = 60.0
+# selective_scan's default chunk: buffers of about 2^18 floats (1 MiB) keep a chunk's work in
+# cache (fastest on CPU); at least 4 steps, so the saved chunk-entry states stay <= 1/4 of all.
+SCAN_BUFFER = 2 ** 18
+MIN_SCAN_CHUNK = 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -215,27 +220,102 @@ def causal_operator(q: torch.Tensor, k: torch.Tensor, log_g: torch.Tensor | None
     return chunked_linear_attention(q, k, eye, log_g, chunk_size=chunk_size)[0]
 
 
-def blocked_scan(log_a: torch.Tensor, b: torch.Tensor, *, chunk_size: int = 64,
-                 initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All states of the elementwise recurrence ``h_t = exp(log_a_t) * h_{t-1} + b_t``.
+def _selective_chunk(h0: torch.Tensor, delta: torch.Tensor, du: torch.Tensor, A_t: torch.Tensor,
+                     Bm: torch.Tensor, dA: torch.Tensor, H: torch.Tensor) -> None:
+    """One chunk of ``selective_scan`` (time-major, state ``[B, N, Di]``) from the state
+    ``h0``, into preallocated buffers ``dA[t] = exp(delta_t A)`` and ``H[t] = h_t``, both
+    ``[L, B, N, Di]``. The loop is one fused multiply-add a step on a contiguous state."""
+    torch.mul(delta[:, :, None, :], A_t, out=dA).exp_()
+    torch.mul(Bm[..., None], du[:, :, None, :], out=H)  # Delta_t u_t B_t  [L, B, N, Di]
+    h = h0
+    for dA_t, h_t in zip(dA.unbind(0), H.unbind(0)):
+        h = h_t.addcmul_(dA_t, h)
 
-    log_a, b ``[..., T, n]`` -> h ``[..., T, n]`` and the final h ``[..., n]``. Two passes:
-    (1) the recurrence from zero inside every chunk at once (a loop over the C positions,
-    vectorised over chunks: multiplications by decays <= 1 only); (2) ``carry`` of chunk
-    terminal states, added back as ``exp(cumsum log_a) * h_entering`` (log-space cumulative
-    sums within the chunk). ``C + T / C`` sequential steps instead of ``T``.
+
+class _SelectiveScan(torch.autograd.Function):
+    """``selective_scan`` on time-major tensors: u, delta ``[T, B, Di]``, A_t ``[N, Di]``
+    (A transposed), B, C ``[T, B, N]``, D ``[Di]`` -> y ``[T, B, Di]``.
+
+    Forward keeps only the state entering each chunk; backward recomputes a chunk's states
+    from it, runs the adjoint recurrence ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}``
+    (``g_t = dL/dh_t``) backwards through the chunk, and reads every gradient off ``g`` and
+    the states with chunk-wide products (``S = g_t exp(delta_t A) h_{t-1}`` is the gradient of
+    ``delta_t A``). Memory: ``T / chunk`` states plus a few ``[chunk, B, N, Di]`` buffers.
     """
-    with fp32(b):
-        T, C = b.shape[-2], chunk_size
-        log_a, b = (pad_time(t.float(), C).unflatten(-2, (-1, C))  # [..., N, C, n]
-                    for t in (log_a, b))
-        h = torch.zeros_like(b[..., 0, :])  # [..., N, n]
-        local = []
-        for a_p, b_p in zip(log_a.exp().unbind(-2), b.unbind(-2)):
-            h = a_p * h + b_p
-            local.append(h)
-        h_loc = torch.stack(local, -2)  # [..., N, C, n]
-        logb = log_a.cumsum(-2)  # [..., N, C, n]
-        h_in, h_last = carry(logb[..., -1, :].exp(), h_loc[..., -1, :], initial_state, dim=-2)
-        h = h_loc + logb.exp() * h_in[..., None, :]  # [..., N, C, n]
-        return h.flatten(-3, -2)[..., :T, :], h_last
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor,
+                Bm: torch.Tensor, Cm: torch.Tensor, D: torch.Tensor,
+                chunk_size: int) -> torch.Tensor:
+        (T, B, Di), N, L = u.shape, A_t.shape[0], min(chunk_size, u.shape[0])
+        du = delta * u
+        y = torch.empty_like(u)
+        dA, H = u.new_empty(L, B, N, Di), u.new_empty(L, B, N, Di)
+        starts = u.new_empty(-(-T // L), B, N, Di)  # the state entering each chunk
+        starts[0].zero_()
+        chunks = zip(*(t.split(L) for t in (delta, du, Bm, Cm, y)))
+        for i, (d_c, du_c, B_c, C_c, y_c) in enumerate(chunks):
+            n = d_c.shape[0]
+            if i:
+                starts[i] = H[-1]
+            _selective_chunk(starts[i], d_c, du_c, A_t, B_c, dA[:n], H[:n])
+            torch.matmul(C_c[:, :, None, :], H[:n], out=y_c[:, :, None, :])  # C_t . h_t
+        ctx.chunk_size = L
+        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, starts)
+        return y.addcmul_(u, D)
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u, delta, A_t, Bm, Cm, D, starts = ctx.saved_tensors
+        (T, B, Di), N, L = u.shape, A_t.shape[0], ctx.chunk_size
+        with fp32(gy):
+            gy, du = gy.to(u.dtype).contiguous(), delta * u
+            gdu, gdelta = torch.empty_like(u), torch.empty_like(u)  # gdu: dL/d(delta u)
+            gB, gC, gA_t = torch.empty_like(Bm), torch.empty_like(Cm), torch.zeros_like(A_t)
+            g_next = torch.zeros_like(starts[0])  # exp(delta_{t+1} A) g_{t+1} past the chunk
+            dA, H, G = (u.new_empty(L, B, N, Di) for _ in range(3))
+            streams = (delta, du, Bm, Cm, gy, gdu, gdelta, gB, gC)
+            chunks = zip(starts, *(t.split(L) for t in streams))
+            for h_in, d_c, du_c, B_c, C_c, gy_c, gdu_c, gd_c, gB_c, gC_c in reversed(list(chunks)):
+                n = d_c.shape[0]
+                dA_, H_, G_ = dA[:n], H[:n], G[:n]
+                _selective_chunk(h_in, d_c, du_c, A_t, B_c, dA_, H_)
+                torch.matmul(gy_c[:, :, None, :], H_.transpose(-1, -2), out=gC_c[:, :, None, :])
+                torch.mul(C_c[..., None], gy_c[:, :, None, :], out=G_)  # C_t gy_t
+                G_[-1] += g_next
+                Gs, dAs = G_.unbind(0), dA_.unbind(0)
+                for t in reversed(range(n - 1)):
+                    Gs[t].addcmul_(dAs[t + 1], Gs[t + 1])
+                torch.matmul(B_c[:, :, None, :], G_, out=gdu_c[:, :, None, :])
+                torch.matmul(du_c[:, :, None, :], G_.transpose(-1, -2), out=gB_c[:, :, None, :])
+                S = dA_.mul_(G_)
+                g_next.copy_(S[0])
+                S[0].mul_(h_in)
+                S[1:].mul_(H_[:-1])  # dL/d(delta_t A)  [n, B, N, Di]
+                torch.sum(torch.mul(S, A_t, out=G_), -2, out=gd_c)
+                gA_t += torch.mul(S, d_c[:, :, None, :], out=G_).sum((0, 1))
+            gdelta.addcmul_(gdu, u)
+            gD = (gy * u).sum((0, 1))
+            return gdu.mul_(delta).addcmul_(gy, D), gdelta, gA_t, gB, gC, gD, None
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: torch.Tensor, *, chunk_size: int | None = None,
+                   ) -> torch.Tensor:
+    """Mamba's S6 scan: per channel d, ``h_t = exp(delta_t A_d) * h_{t-1} + delta_t B_t u_t``
+    (h in R^N), ``y_t = C_t . h_t + D_d u_t``.
+
+    u, delta ``[B, T, Di]``; A ``[Di, N]``; B, C ``[B, T, N]``; D ``[Di]`` -> y ``[B, T, Di]``,
+    in fp32. A loop over time with a hand-written backward (``_SelectiveScan``), as
+    mamba-ssm's CUDA kernel does it: memory ``O(B T Di + (T / chunk_size) B Di N)``, never
+    ``O(B T Di N)``. Results do not depend on ``chunk_size``; by default a chunk's
+    ``[chunk, B, N, Di]`` buffers hold about ``SCAN_BUFFER`` floats (at least
+    ``MIN_SCAN_CHUNK`` steps).
+    """
+    if chunk_size is None:
+        chunk_size = max(MIN_SCAN_CHUNK, SCAN_BUFFER // (u.shape[0] * A.numel()))
+    with fp32(u):
+        # time-major [T, B, .]: each step's state slice is contiguous
+        u, delta, B, C = (t.float().transpose(0, 1).contiguous() for t in (u, delta, B, C))
+        y = _SelectiveScan.apply(u, delta, A.float().t().contiguous(), B, C, D.float(), chunk_size)
+        return y.transpose(0, 1)  # [B, T, Di]

@@ -13,9 +13,11 @@ per channel (S4D-real), ``D = 1``; the dt bias is the inverse softplus of a log-
 in ``[dt_min, dt_max]``. ``A_log`` and ``D`` skip weight decay (marked on the parameters).
 
 Paths: ``reference`` is the loop over time (``_scan.naive_recurrence`` with one head per
-channel, ``dv = 1``); ``forward`` a chunk-parallel scan (``_scan.blocked_scan``: the recurrence
-inside all chunks at once, then a carry across chunks through log-space cumulative sums);
-on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``step`` keeps the last
+channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
+``_scan.selective_scan``, a custom autograd function that keeps only the state entering each
+chunk of a few steps and recomputes the rest in its hand-written backward (never all T states
+of ``D_in * d_state``); on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn``
+kernel. ``chunk_size`` is the operator's chunk (the scan sizes its own). ``step`` keeps the last
 ``d_conv`` conv inputs and the SSM state. ``operator`` is per channel ``[B, D_in, T, T]``,
 ``T_ij = C_i . (prod_{m=j+1..i} exp(Delta_m A)) Delta_j B_j`` plus ``D`` on the diagonal (the
 skip), applied to ``u`` *after* the short conv; the conv itself is outside the operator.
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import blocked_scan, causal_operator, kernel_module, naive_recurrence
+from ._scan import causal_operator, kernel_module, naive_recurrence, selective_scan
 from .registry import SequenceMixer, register
 
 
@@ -88,24 +90,28 @@ class Mamba(SequenceMixer):
         u = F.silu(self.conv(u.transpose(1, 2))[..., :T]).transpose(1, 2)  # [B, T, Di] causal
         return (u, z, *self._project(u))
 
+    def _discretise(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Delta ``[B, T, Di]`` from the low-rank dt, and A ``[Di, N]``, in fp32."""
+        return F.softplus(self.dt_proj(dt).float()), -torch.exp(self.A_log.float())
+
     def _ssm(self, u: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor,
              Cm: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The scan in ``_scan``'s convention, one head per channel, fp32:
         q = C ``[B, Di, T, N]``, k = Delta B ``[B, Di, T, N]``, v = u ``[B, Di, T, 1]``,
         log decay Delta A ``[B, Di, T, N]``."""
-        delta = F.softplus(self.dt_proj(dt).float()).transpose(1, 2)[..., None]  # [B, Di, T, 1]
-        A = -torch.exp(self.A_log.float())  # [Di, N]
+        delta, A = self._discretise(dt)
+        delta = delta.transpose(1, 2)[..., None]  # [B, Di, T, 1]
         B_, Di, T = u.shape[0], self.d_inner, u.shape[1]
         q = Cm.float()[:, None].expand(B_, Di, T, self.d_state)
         k = delta * Bm.float()[:, None]
         return q, k, u.float().transpose(1, 2)[..., None], delta * A[:, None, :]
 
-    def _out(self, y: torch.Tensor, v: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
-        """y ``[B, Di, T]`` the scan, plus the skip ``D u`` (v = u ``[B, Di, T, 1]``; None when
-        y has it already), gated -> output ``[B, T, D]``."""
-        if v is not None:
-            y = y + self.D.float()[:, None] * v[..., 0]
-        y = y.transpose(1, 2) * F.silu(z.float())  # [B, T, Di]
+    def _out(self, y: torch.Tensor, u: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        """y ``[B, T, Di]`` the scan, plus the skip ``D u`` (u ``[B, T, Di]``; None when y has
+        it already), gated -> output ``[B, T, D]``."""
+        if u is not None:
+            y = y + self.D.float() * u.float()
+        y = y * F.silu(z.float())
         return self.out_proj(y.to(self.out_proj.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,15 +119,13 @@ class Mamba(SequenceMixer):
         ops = kernel_module("mamba_ssm.ops.selective_scan_interface", x, self.use_kernels)
         if ops is not None:
             return self._mamba_ssm(ops, u, z, dt, Bm, Cm)
-        q, k, v, log_a = self._ssm(u, dt, Bm, Cm)
-        h, _ = blocked_scan(log_a, k * v, chunk_size=self.chunk_size)  # [B, Di, T, N]
-        return self._out((h * q).sum(-1), v, z)
+        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D)
+        return self._out(y, None, z)  # the skip is inside the scan
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         u, z, dt, Bm, Cm = self._streams(x)
-        q, k, v, log_a = self._ssm(u, dt, Bm, Cm)
-        o, _ = naive_recurrence(q, k, v, log_a)  # [B, Di, T, 1]
-        return self._out(o[..., 0], v, z)
+        o, _ = naive_recurrence(*self._ssm(u, dt, Bm, Cm))  # [B, Di, T, 1]
+        return self._out(o[..., 0].transpose(1, 2), u, z)
 
     def operator(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, Di, T, T]`` per channel, fp32, the skip ``D`` on the diagonal."""
@@ -133,7 +137,7 @@ class Mamba(SequenceMixer):
     def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
         u, z, *_ = self._streams(x)
         y = (op @ u.float().transpose(1, 2)[..., None])[..., 0]  # [B, Di, T]
-        return self._out(y, None, z)  # the skip is inside op
+        return self._out(y.transpose(1, 2), None, z)  # the skip is inside op
 
     def init_state(self, batch: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -152,9 +156,8 @@ class Mamba(SequenceMixer):
         if self.conv.bias is not None:
             u = u + self.conv.bias
         u, z = F.silu(u)[:, None], z[:, None]  # [B, 1, Di]
-        q, k, v, log_a = self._ssm(u, *self._project(u))
-        o, ssm = naive_recurrence(q, k, v, log_a, initial_state=state["ssm"])
-        return self._out(o[..., 0], v, z)[:, 0], {"conv": conv, "ssm": ssm}
+        o, ssm = naive_recurrence(*self._ssm(u, *self._project(u)), initial_state=state["ssm"])
+        return self._out(o[..., 0].transpose(1, 2), u, z)[:, 0], {"conv": conv, "ssm": ssm}
 
     def state_size(self, seq_len: int) -> int:
         return self.d_inner * self.d_state
