@@ -48,8 +48,11 @@ def describe_model(cfg: dict[str, Any]) -> str:
     model, layer = cfg["model"], cfg["layer"]
     pattern = model.get("pattern") or [layer["name"]]
     opts = " ".join(f"{k}={v}" for k, v in sorted(layer.items()) if k != "name" and v is not None)
-    return (f"{'+'.join(pattern)} x{model['n_layers']} d={model['d_model']} "
-            f"ch={model.get('channel', 'mlp')}" + (f" ({opts})" if opts else ""))
+    ch_opts = ",".join(f"{k}={v}" for k, v in sorted((model.get("channel_options") or {}).items())
+                       if v is not None)
+    channel = model.get("channel", "mlp") + (f"[{ch_opts}]" if ch_opts else "")
+    return (f"{'+'.join(pattern)} x{model['n_layers']} d={model['d_model']} ch={channel}"
+            + (f" ({opts})" if opts else ""))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -86,6 +89,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 s["exact"] = _mean_std([r["metrics"].get("test/exact_match", float("nan"))
                                         for r in chosen])
                 s["n"] = len(chosen)
+                variants = sorted({k.split("@", 1)[1] for r in chosen for k in r["metrics"]
+                                   if k.startswith("test/acc@")}, key=_variant_order)
+                s["by_variant"] = {v: tuple(statistics.fmean(
+                    r["metrics"].get(f"test/{m}@{v}", float("nan")) for r in chosen)
+                    for m in ("acc", "exact_match")) for v in variants}
                 s["params"] = chosen[0]["params"]
                 s["state_size"] = chosen[0]["state_size"]
                 s["throughput"] = statistics.fmean(r["throughput_tokens_per_s"] for r in chosen)
@@ -94,6 +102,13 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             summaries.append(s)
         out[task] = summaries
     return out
+
+
+def _variant_order(name: str) -> tuple:
+    """len=8 < len=64 < len=512 < other variants (alphabetical)."""
+    if name.startswith("len="):
+        return (0, int(name[4:]), "")
+    return (1, 0, name)
 
 
 def _best(values: list[float | None], higher: bool) -> float | None:
@@ -150,9 +165,28 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
                 f"| {mark(format(r['throughput'], ',.0f'), r['throughput'], best_tp)} "
                 f"| {r['hp'].get('lr', '–')} | {r['failed']} |")
         lines.append("")
+        lines += _variant_table(rows)
     if problems:
         lines += ["## Skipped files", ""] + [f"- {p}" for p in problems] + [""]
     return "\n".join(lines)
+
+
+def _variant_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Test accuracy per length (and other test variants) of the selected runs, when any row
+    was tested on more than its training length."""
+    rows = [r for r in rows if len(r.get("by_variant", {})) > 1]
+    if not rows:
+        return []
+    variants = sorted({v for r in rows for v in r["by_variant"]}, key=_variant_order)
+    lines = ["Test token accuracy / exact match (whole example right) by evaluation length or "
+             "variant, selected runs, mean over seeds:", "",
+             "| layer | model | setting | " + " | ".join(variants) + " |",
+             "|---|---|---|" + "---|" * len(variants)]
+    for r in sorted(rows, key=lambda r: (r["layer"], r["model"], r["setting"])):
+        cells = [f"{r['by_variant'][v][0]:.3f} / {r['by_variant'][v][1]:.3f}"
+                 if v in r["by_variant"] else "–" for v in variants]
+        lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def build(results_dir: str | Path) -> str:

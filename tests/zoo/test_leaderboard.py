@@ -89,3 +89,16 @@ def test_records_are_immutable(results):
         write_record(results, rec("a0", 1e-3, 0, 0.1, 0.1))
     assert json.loads((results / "assoc_recall" / "attention" / "a0.json").read_text())[
         "metrics"]["val/acc"] == 0.90
+
+
+def test_per_length_table(tmp_path):
+    d = tmp_path / "results"
+    for seed, (a64, a128) in enumerate([(0.9, 0.5), (1.0, 0.7)]):
+        r = rec(f"L{seed}", 1e-3, seed, 0.9, a64)
+        r["metrics"].update({"test/acc@len=64": a64, "test/acc@len=128": a128,
+                             "test/exact_match@len=64": a64 / 2, "test/exact_match@len=128": 0.0})
+        write_record(d, r)
+    text = leaderboard.build(d)
+    header = next(line for line in text.splitlines() if "len=64" in line)
+    assert header.index("len=64") < header.index("len=128"), "lengths sorted numerically"
+    assert "| 0.950 / 0.475 | 0.600 / 0.000 |" in text
