@@ -135,12 +135,14 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
              "mean ± std over seeds (n). **Bold** marks the best value of a column within a "
              "task (highest accuracy and throughput, lowest parameters and state size).",
              "State size is the theoretical state (floats) of all sequence mixers at the "
-             "training length; throughput is training tokens/s on the machine of the run.", ""]
+             "training length; throughput is training tokens/s on the machine of the run, and "
+             "wall s the whole run (data, training, validation, test) in seconds; both depend on "
+             "what else the machine was running.", ""]
     for task, rows in summary.items():
         lines += [f"## {task}", "",
                   "| layer | model | setting | test acc | test exact match | val acc | params "
-                  "| state size | tokens/s | lr | failed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| state size | tokens/s | wall s | lr | failed |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         ok = [r for r in rows if "test" in r]
         best_test = _best([r["test"][0] for r in ok], True)
         best_params = _best([r["params"] for r in ok], False)
@@ -154,7 +156,7 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
                                              r["layer"], r["model"], r["setting"])):
             if "test" not in r:
                 lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | – | – | – | – "
-                             f"| – | – | – | {r['failed']} |")
+                             f"| – | – | – | – | {r['failed']} |")
                 continue
             lines.append(
                 f"| {r['layer']} | {r['model']} | {r['setting']} "
@@ -163,7 +165,7 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
                 f"| {mark(format(r['params'], ','), r['params'], best_params)} "
                 f"| {mark(format(r['state_size'], ','), r['state_size'], best_state)} "
                 f"| {mark(format(r['throughput'], ',.0f'), r['throughput'], best_tp)} "
-                f"| {r['hp'].get('lr', '–')} | {r['failed']} |")
+                f"| {r['wall']:,.0f} | {r['hp'].get('lr', '–')} | {r['failed']} |")
         lines.append("")
         lines += _variant_table(rows)
     if problems:
