@@ -4,6 +4,7 @@
     python -m zoo.bench mixers     # every sequence mixer: forward+backward tokens/s, peak memory
     python -m zoo.bench generate   # recurrent step over N tokens: speed and state growth
     python -m zoo.bench moe        # MoE against the dense MLP of the same active parameters
+    python -m zoo.bench ess --lengths 1024  # ESS at every position of a 2-layer attention model
     python -m zoo.bench mixers --lengths 64 128     # or --quick: a smoke run in seconds
 
 Speed lives here, never in test assertions. Committed tables sit in ``benchmarks/``.
@@ -230,8 +231,42 @@ def bench_moe(d_model: int = 128, batch: int = 8, lengths: Sequence[int] = (1024
     return rows
 
 
+def bench_ess(lengths: Sequence[int] = (1024,), d_model: int = 128, samples: int = 5) -> list[str]:
+    """``tasks.ess`` at every position, head and layer of a fresh 2-layer attention model
+    (4 heads) on one random sequence, and its largest error against a float64 SVD of ``H_i`` at
+    ``samples`` positions, relative to each ``s_max``."""
+    from tasks import ess as E
+    from .ess import mixer_inputs
+    from .model import Backbone
+
+    rows = [f"d_model={d_model}, 2 layers of attention (4 heads), 1 sequence.", "",
+            "| T | seconds (all positions, heads, layers) | max error vs SVD (rel. s_max) |",
+            "|---|---|---|"]
+    for T in lengths:
+        torch.manual_seed(0)
+        model = Backbone(64, d_model=d_model, n_layers=2, pattern="attention").eval()
+        tokens = torch.randint(0, 64, (1, T), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ops = [b.mixer.operator(x) for b, x in zip(model.blocks, mixer_inputs(model, tokens))]
+        start = time.perf_counter()
+        for op in ops:
+            E.ess(op)
+        secs = time.perf_counter() - start
+        sampled = torch.linspace(1, T - 1, samples).round().long().unique().tolist()
+        err = 0.0
+        for op in ops:
+            _, s = E.singular_values(op, sampled)
+            for j, i in enumerate(sampled):
+                ref = torch.linalg.svdvals(op.double()[..., i:, :i])  # [B, H, min(i, T - i)]
+                diff = (s[..., j, : ref.shape[-1]] - ref).abs().amax(-1) / ref[..., 0]
+                err = max(err, float(diff.max()))
+        rows.append(f"| {T:,} | {secs:.2f} | {err:.1e} |")
+    return rows
+
+
 SUITES: dict[str, Callable[..., list[str]]] = {
-    "gen": bench_gen, "mixers": bench_mixers, "generate": bench_generate, "moe": bench_moe}
+    "gen": bench_gen, "mixers": bench_mixers, "generate": bench_generate, "moe": bench_moe,
+    "ess": bench_ess}
 QUICK = {"lengths": [64, 256], "batch": 2, "repeats": 1, "naive": ["gla:256", "phalanx:256"],
          "tokens": 128}
 
@@ -241,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     # choices= would reject an empty list (argparse checks [] against them), so check here
     ap.add_argument("suite", nargs="*", help=f"any of {', '.join(SUITES)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny settings: a smoke run in seconds")
-    ap.add_argument("--lengths", type=int, nargs="+", help="mixers: sequence lengths")
-    ap.add_argument("--d-model", type=int, help="mixers, generate: model width")
+    ap.add_argument("--lengths", type=int, nargs="+", help="mixers, ess: sequence lengths")
+    ap.add_argument("--d-model", type=int, help="mixers, generate, ess: model width")
     ap.add_argument("--batch", type=int, help="mixers, generate: batch size")
     ap.add_argument("--names", nargs="+", help="mixers, generate: only these mixers")
     ap.add_argument("--repeats", type=int, help="mixers: timed repeats (best is kept)")

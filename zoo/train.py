@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import layers
 import tasks
 from .data import TaskDataModule, split_task_config
+from .ess import ess_summary
 from .module import ZooModule
 from .record import device_info, git_sha, new_run_id, package_versions, write_record
 
@@ -79,9 +80,13 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     trainer.fit(module, datamodule=dm)
 
     status = "failed" if module.failure else "completed"
+    ess = None
     if status == "completed":
         best = ckpt.best_model_path or None
         trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+        # ESS of the tested weights on a few test-split sequences (cheap; see zoo.ess)
+        sequences = tasks.make_split(task, 8, cfg.seed, "test")[0].to(module.device)
+        ess = ess_summary(module.model, sequences)
 
     record = {
         "schema_version": 1,
@@ -97,6 +102,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         "params": module.model.num_params(),
         "params_non_embedding": module.model.num_params(non_embedding=True),
         "state_size": module.model.state_size(task.seq_len),
+        "ess": ess,
         "metrics": {k: float(v) for k, v in sorted(module.metrics.items())},
         "steps": trainer.global_step,
         "layer_stats": module.layer_stats,

@@ -37,3 +37,9 @@ def test_generate_suite_shows_constant_state_for_recurrent_mixers():
 def test_unknown_suite_fails():
     with pytest.raises(SystemExit):
         bench.main(["no_such_suite"])
+
+
+def test_ess_suite_reports_time_and_agreement():
+    rows = bench.bench_ess(lengths=[32], d_model=32, samples=3)
+    row = next(r for r in rows if r.startswith("| 32 |"))
+    assert float(row.split("|")[3]) < 1e-6

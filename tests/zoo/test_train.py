@@ -92,3 +92,16 @@ def test_cli_tiny_run_from_another_directory(tmp_path):
     files = records_in(tmp_path / "results")
     assert len(files) == 1
     assert json.loads(files[0].read_text())["status"] == "completed"
+
+
+def test_record_holds_the_ess_summary(make_cfg):
+    record = run(make_cfg("layer=gla"))
+    ess = record["ess"]
+    assert ess["sequences"] == 8 and ess["seq_len"] == 64 and ess["positions"] == 63
+    assert set(ess["layers"]) == {"0", "1"}
+    for row in ess["layers"].values():
+        assert row["mixer"] == "gla" and row["heads"] == 4
+        dk, dv = 16 // 4, 32 // 4  # debug=tiny: d_model 32; GLA keys d/2, values d, 4 heads
+        assert 0 < row["tolerance"] <= dk and 0 < row["entropy"] <= dk + 1e-6
+        assert row["tss"] == 4 * dk * dv
+        assert row["utilisation"] == pytest.approx(4 * row["tolerance"] / row["tss"])

@@ -1,0 +1,54 @@
+import json
+
+import pytest
+import torch
+
+from layers.registry import SequenceMixer
+from zoo import ess
+from zoo.model import Backbone
+
+
+def test_mixer_inputs_are_the_normed_residual_stream():
+    torch.manual_seed(0)
+    model = Backbone(16, d_model=16, n_layers=2, pattern=["gla", "attention"]).eval()
+    tokens = torch.randint(0, 16, (2, 12))
+    xs = ess.mixer_inputs(model, tokens)
+    assert len(xs) == 2 and xs[0].shape == (2, 12, 16)
+    with torch.no_grad():
+        assert torch.allclose(xs[0], model.blocks[0].norm1(model.embed(tokens)))
+
+
+class Shift(SequenceMixer):
+    """A token shift: causal, but with no operator (every registered mixer has one)."""
+
+    def forward(self, x):
+        return torch.nn.functional.pad(x, (0, 0, 1, -1))
+
+
+def test_summary_skips_mixers_without_an_operator():
+    torch.manual_seed(0)
+    model = Backbone(16, d_model=32, n_layers=2, pattern="gla")
+    model.blocks[0].mixer = Shift()
+    out = ess.ess_summary(model, torch.randint(0, 16, (3, 200)), max_positions=20)
+    assert out["layers"]["0"] is None and out["layers"]["1"]["mixer"] == "gla"
+    assert out["positions"] == 20 and out["sequences"] == 3
+    json.dumps(out)  # goes into the run record as is
+
+
+def test_cli_fresh_prints_a_table(capsys, tmp_path):
+    ess.main(["--fresh", "--layer", "linear_attn", "--d-model", "32", "--seq-len", "40",
+              "--png", str(tmp_path / "e.png")])
+    out = capsys.readouterr().out
+    assert "| 0 | linear_attn | all |" in out and "| 1 | linear_attn | 3 |" in out
+
+
+def test_cli_missing_checkpoint_says_so(tmp_path):
+    rec = {"schema_version": 1, "run_id": "r1", "status": "completed", "time": "", "task": "t",
+           "layer": "gla", "config": {}, "seed": 0, "metrics": {},
+           "best_checkpoint": str(tmp_path / "gone.ckpt")}
+    (tmp_path / "t" / "gla").mkdir(parents=True)
+    (tmp_path / "t" / "gla" / "r1.json").write_text(json.dumps(rec))
+    with pytest.raises(SystemExit, match="gone.ckpt.* is missing"):
+        ess.main(["--run-id", "r1", "--results", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no record with run_id 'r2'"):
+        ess.main(["--run-id", "r2", "--results", str(tmp_path)])

@@ -1,0 +1,197 @@
+"""``python -m zoo.ess``: effective state-size (ESS, arXiv 2504.19561) of a model, per layer.
+
+    python -m zoo.ess --run-id 20261122-115407-a840fe61 [--results results]
+    python -m zoo.ess --fresh --layer gla --d-model 128 --n-layers 2 --seq-len 1024
+
+A trained run is loaded from its record's ``best_checkpoint`` and measured on sequences of its
+task's test split; ``--fresh`` measures an initialised model on random tokens. For every mixer
+that is a linear operator (``supports("operator")``) the operator is materialised on that
+mixer's actual input (``block.norm1`` of the residual stream, captured by a hook) and
+``tasks.ess`` gives tolerance- and entropy-ESS at every position, head and sequence.
+
+Units. ESS counts a rank per head; TSS is ``mixer.state_size(T)`` in floats for the whole
+layer. The layer's ESS is the mean per-head ESS times the number of heads, and utilisation is
+that over TSS: comparable between runs of one layer family, while across families it also
+reflects how many floats each family spends per unit of rank (``dv`` per key for GLA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+import tasks
+from tasks import ess as E
+
+from .data import split_task_config
+from .model import Backbone
+from .record import load_records
+
+
+def mixer_inputs(model: Backbone, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's mixer input ``norm1(h)`` ``[B, T, D]`` for ``tokens`` ``[B, T]``."""
+    seen: list[torch.Tensor] = []
+    hooks = [b.norm1.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+             for b in model.blocks]
+    try:
+        with torch.no_grad():
+            model.hidden(tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def layer_ess(model: Backbone, tokens: torch.Tensor, positions: Sequence[int] | None = None,
+              tol: float = E.DEFAULT_TOL) -> list[dict[str, Any] | None]:
+    """Per block: ``ESS`` by position ``[B, heads, P]`` and the layer's TSS; None for mixers
+    that are not linear operators."""
+    T = tokens.shape[1]
+    out: list[dict[str, Any] | None] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for block, x in zip(model.blocks, mixer_inputs(model, tokens)):
+            mixer = block.mixer
+            if not type(mixer).supports("operator"):
+                out.append(None)
+                continue
+            with torch.no_grad():
+                op = mixer.operator(x)  # [B, heads, T, T]
+            out.append({"mixer": mixer.registry_name, "ess": E.ess(op, positions, tol=tol),
+                        "heads": op.shape[1], "tss": int(mixer.state_size(T))})
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _layer_row(entry: dict[str, Any]) -> dict[str, Any]:
+    s = E.summary(entry["ess"])
+    return {"mixer": entry["mixer"], "heads": entry["heads"], "tolerance": s["tolerance"],
+            "entropy": s["entropy"], "tss": entry["tss"],
+            "utilisation": entry["heads"] * s["tolerance"] / entry["tss"] if entry["tss"] else None}
+
+
+def ess_summary(model: Backbone, tokens: torch.Tensor, max_sequences: int = 8,
+                max_positions: int = 64, tol: float = E.DEFAULT_TOL) -> dict[str, Any]:
+    """What a run records: per layer, mean tolerance- and entropy-ESS per head (over positions,
+    heads and sequences), TSS and utilisation. Kept cheap: at most ``max_sequences`` sequences
+    and ``max_positions`` positions evenly spaced over ``1..T-1`` (all of them when ``T`` is
+    small), so the means are estimates at long lengths."""
+    tokens = tokens[:max_sequences]
+    T = tokens.shape[1]
+    positions = None
+    if T - 1 > max_positions:
+        positions = torch.linspace(1, T - 1, max_positions).round().long().unique().tolist()
+    layers_out = {str(i): None if e is None else _layer_row(e)
+                  for i, e in enumerate(layer_ess(model, tokens, positions, tol))}
+    return {"tol": tol, "sequences": len(tokens), "seq_len": T,
+            "positions": T - 1 if positions is None else len(positions), "layers": layers_out}
+
+
+def _find_record(results: str, run_id: str) -> dict[str, Any]:
+    records, _ = load_records(results)
+    found = [r for r in records if r["run_id"] == run_id]
+    if not found:
+        raise SystemExit(f"zoo.ess: no record with run_id {run_id!r} under {results}/")
+    return found[0]
+
+
+def _load_run(record: dict[str, Any], n: int) -> tuple[Backbone, torch.Tensor]:
+    from .module import ZooModule  # Lightning is only needed for trained runs
+
+    ckpt = record.get("best_checkpoint")
+    if not ckpt or not Path(ckpt).is_file():
+        raise SystemExit(f"zoo.ess: run {record['run_id']} has no checkpoint to load "
+                         f"(best_checkpoint={ckpt!r} is missing); re-run it or use --fresh")
+    model = ZooModule.load_from_checkpoint(ckpt, map_location="cpu").model
+    name, knobs, _ = split_task_config(record["config"]["task"])
+    inputs, _ = tasks.make_split(tasks.build(name, **knobs), n, record["seed"], "test")
+    return model, inputs
+
+
+def _fresh(args: argparse.Namespace) -> tuple[Backbone, torch.Tensor]:
+    torch.manual_seed(args.seed)
+    model = Backbone(args.vocab, d_model=args.d_model, n_layers=args.n_layers, pattern=args.layer)
+    g = torch.Generator().manual_seed(args.seed)
+    return model, torch.randint(0, args.vocab, (args.sequences, args.seq_len), generator=g)
+
+
+def table(per_layer: list[dict[str, Any] | None]) -> list[str]:
+    rows = ["| layer | mixer | head | tolerance-ESS | entropy-ESS | max tol-ESS | TSS | "
+            "utilisation |", "|---|---|---|---|---|---|---|---|"]
+    for i, e in enumerate(per_layer):
+        if e is None:
+            rows.append(f"| {i} | not a linear operator | | | | | | |")
+            continue
+        r, res = _layer_row(e), e["ess"]
+        for h in range(e["heads"]):
+            t, en = res.tolerance[:, h], res.entropy[:, h]  # [B, P]
+            rows.append(f"| {i} | {r['mixer']} | {h} | {float(t.mean()):.2f} "
+                        f"| {float(en.mean()):.2f} | {float(t.mean(0).max()):.1f} | | |")
+        util = "n/a" if r["utilisation"] is None else f"{r['utilisation']:.2e}"
+        rows.append(f"| {i} | {r['mixer']} | all | {r['tolerance']:.2f} | {r['entropy']:.2f} "
+                    f"| | {r['tss']:,} | {util} |")
+    return rows
+
+
+def plot(per_layer: list[dict[str, Any] | None], path: Path) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot written"
+    entries = [(i, e) for i, e in enumerate(per_layer) if e is not None]
+    if not entries:
+        return "no linear-operator layers: no plot written"
+    fig, axes = plt.subplots(1, len(entries), figsize=(4 * len(entries), 3), squeeze=False)
+    for ax, (i, e) in zip(axes[0], entries):
+        res = e["ess"]
+        for h in range(e["heads"]):
+            ax.plot(res.positions, res.tolerance[:, h].mean(0), lw=0.8, label=f"head {h}")
+        ax.set(title=f"layer {i}: {e['mixer']}", xlabel="position", ylabel="tolerance-ESS")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run-id", help="measure this run's best checkpoint")
+    ap.add_argument("--results", default="results", help="where the run records live")
+    ap.add_argument("--fresh", action="store_true", help="measure an initialised model instead")
+    ap.add_argument("--layer", default="attention", help="--fresh: the sequence mixer")
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--n-layers", type=int, default=2)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--vocab", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sequences", type=int, default=1, help="sequences to average over")
+    ap.add_argument("--tol", type=float, default=E.DEFAULT_TOL, help="relative tolerance")
+    ap.add_argument("--png", help="plot path (default ess-<run id or layer>.png)")
+    args = ap.parse_args(argv)
+    if bool(args.run_id) == args.fresh:
+        ap.error("give exactly one of --run-id or --fresh")
+    if args.run_id:
+        model, tokens = _load_run(_find_record(args.results, args.run_id), args.sequences)
+    else:
+        model, tokens = _fresh(args)
+    tokens = tokens[: args.sequences]
+    per_layer = layer_ess(model, tokens, tol=args.tol)
+    print(f"ESS (tol {args.tol:g} relative), {len(tokens)} sequence(s) of length "
+          f"{tokens.shape[1]}, means over positions 1..{tokens.shape[1] - 1}:\n")
+    print("\n".join(table(per_layer)))
+    print("\n" + plot(per_layer, Path(args.png or f"ess-{args.run_id or args.layer}.png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
