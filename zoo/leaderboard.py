@@ -98,10 +98,18 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 s["state_size"] = chosen[0]["state_size"]
                 s["throughput"] = statistics.fmean(r["throughput_tokens_per_s"] for r in chosen)
                 s["wall"] = statistics.fmean(r["wall_time_s"] for r in chosen)
+                s["ess"] = _mean_ess(chosen)
                 s["hp"] = json.loads(best_hp).get("optim", {})
             summaries.append(s)
         out[task] = summaries
     return out
+
+
+def _mean_ess(recs: list[dict[str, Any]]) -> float | None:
+    """Tolerance-ESS per head, summed over layers, mean over the runs that measured it."""
+    vals = [sum(layer["tolerance"] * layer["heads"] for layer in r["ess"]["layers"].values())
+            for r in recs if isinstance(r.get("ess"), dict) and r["ess"].get("layers")]
+    return statistics.fmean(vals) if vals else None
 
 
 def _variant_order(name: str) -> tuple:
@@ -135,14 +143,15 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
              "mean ± std over seeds (n). **Bold** marks the best value of a column within a "
              "task (highest accuracy and throughput, lowest parameters and state size).",
              "State size is the theoretical state (floats) of all sequence mixers at the "
-             "training length; throughput is training tokens/s on the machine of the run, and "
+             "training length; ESS is the measured effective state size (tolerance-ESS, "
+             "python -m zoo.ess) summed over heads and layers, mean over positions; throughput is training tokens/s on the machine of the run, and "
              "wall s the whole run (data, training, validation, test) in seconds; both depend on "
              "what else the machine was running.", ""]
     for task, rows in summary.items():
         lines += [f"## {task}", "",
                   "| layer | model | setting | test acc | test exact match | val acc | params "
-                  "| state size | tokens/s | wall s | lr | failed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| state size | ESS | tokens/s | wall s | lr | failed |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         ok = [r for r in rows if "test" in r]
         best_test = _best([r["test"][0] for r in ok], True)
         best_params = _best([r["params"] for r in ok], False)
@@ -156,7 +165,7 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
                                              r["layer"], r["model"], r["setting"])):
             if "test" not in r:
                 lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | – | – | – | – "
-                             f"| – | – | – | – | {r['failed']} |")
+                             f"| – | – | – | – | – | {r['failed']} |")
                 continue
             lines.append(
                 f"| {r['layer']} | {r['model']} | {r['setting']} "
@@ -164,6 +173,7 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
                 f"| {_fmt_ms(r['exact'])} | {_fmt_ms(r['val'])} "
                 f"| {mark(format(r['params'], ','), r['params'], best_params)} "
                 f"| {mark(format(r['state_size'], ','), r['state_size'], best_state)} "
+                f"| {'–' if r['ess'] is None else format(r['ess'], ',.1f')} "
                 f"| {mark(format(r['throughput'], ',.0f'), r['throughput'], best_tp)} "
                 f"| {r['wall']:,.0f} | {r['hp'].get('lr', '–')} | {r['failed']} |")
         lines.append("")
