@@ -102,3 +102,21 @@ def test_per_length_table(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| layer | model | setting | len="))
     assert header.index("len=64") < header.index("len=128"), "lengths sorted numerically"
     assert "| 0.950 / 0.475 | 0.600 / 0.000 |" in text
+
+
+def _write_many(args):
+    results, worker, n = args
+    for i in range(n):
+        write_record(results, rec(f"w{worker}-{i:03d}", 1e-3, i, 0.5, 0.5))
+    return n
+
+
+def test_parallel_writers_leave_every_record_intact(tmp_path):
+    import multiprocessing as mp
+
+    results = tmp_path / "results"
+    with mp.get_context("spawn").Pool(2) as pool:
+        assert sum(pool.map(_write_many, [(results, w, 100) for w in range(2)])) == 200
+    records, problems = leaderboard.load_records(results)
+    assert len(records) == 200 and not problems
+    assert not list(results.rglob("*.tmp")), "temp files left behind"
