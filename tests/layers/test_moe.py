@@ -95,4 +95,7 @@ def test_model_collects_aux_losses_and_stats():
     model(torch.randint(0, 50, (2, 11)))
     aux = model.aux_losses()
     assert set(aux) == {"moe_balance"} and aux["moe_balance"].requires_grad
-    assert set(model.stats()) == {"moe_dropped_fraction", "moe_max_load"}
+    stats = model.stats()
+    assert {"moe_dropped_fraction", "moe_max_load", "moe_balance_loss"} <= set(stats)
+    loads = [stats[f"moe_load_e{e}"] for e in range(4)]
+    assert abs(sum(loads) - 1) < 1e-6, "tokens per expert as fractions of routed pairs"
