@@ -92,23 +92,22 @@ class Backbone(nn.Module):
     def mixers(self) -> Iterator[nn.Module]:
         return (b.mixer for b in self.blocks)
 
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        """Auxiliary losses reported by the layers after the last forward, summed by name."""
-        out: dict[str, torch.Tensor] = {}
+    def _layer_reports(self, method: str) -> dict[str, list[Any]]:
+        """Values each mixer and channel mixer reports through ``method``, grouped by name."""
+        out: dict[str, list[Any]] = {}
         for block in self.blocks:
             for part in (block.mixer, block.channel):
-                for k, v in part.aux_losses().items():
-                    out[k] = out[k] + v if k in out else v
+                for k, v in getattr(part, method)().items():
+                    out.setdefault(k, []).append(v)
         return out
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Auxiliary losses reported by the layers after the last forward, summed by name."""
+        return {k: sum(v[1:], v[0]) for k, v in self._layer_reports("aux_losses").items()}
 
     def stats(self) -> dict[str, float]:
         """Layer diagnostics of the last forward (e.g. MoE routing), averaged over layers."""
-        sums: dict[str, list[float]] = {}
-        for block in self.blocks:
-            for part in (block.mixer, block.channel):
-                for k, v in part.stats().items():
-                    sums.setdefault(k, []).append(float(v))
-        return {k: sum(v) / len(v) for k, v in sums.items()}
+        return {k: sum(map(float, v)) / len(v) for k, v in self._layer_reports("stats").items()}
 
     def state_size(self, seq_len: int) -> int:
         """Theoretical state size (floats) of all sequence mixers at that length."""
