@@ -60,8 +60,17 @@ def _colors(names: list[str], plt: Any) -> dict[str, Any]:
 
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below
+    rows = round(fig.get_figheight() / 3.4)  # fixed margins: tight_layout costs a full draw
+    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.09 / rows, bottom=0.2 / rows,
+                        wspace=0.3, hspace=0.45)
     fig.savefig(path, dpi=90, metadata=PNG_META)
+
+
+def _by_layer(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["layer"], []).append(r)
+    return out
 
 
 def draw_all(summary: Summary, out_dir: Path,
@@ -78,10 +87,10 @@ def draw_all(summary: Summary, out_dir: Path,
     if "accuracy_vs_state_size.png" in names:
         fig, axes = _grid(len(sel), plt)
         for ax, (task, rows) in zip(axes, sorted(sel.items())):
-            for r in rows:
-                ax.scatter(r["state_size"], r["test"][0], color=colors[r["layer"]], s=22)
-                ax.errorbar(r["state_size"], r["test"][0], yerr=r["test"][1], fmt="none",
-                            color=colors[r["layer"]], lw=0.8)
+            for layer, group in sorted(_by_layer(rows).items()):  # one artist per layer
+                ax.errorbar([r["state_size"] for r in group], [r["test"][0] for r in group],
+                            yerr=[r["test"][1] for r in group], fmt="o", ms=4, lw=0.8,
+                            color=colors[layer])
             ax.set_xscale("log")
             ax.set(title=task, xlabel="state size (floats)", ylabel="test accuracy",
                    ylim=(-0.02, 1.02))
@@ -108,15 +117,18 @@ def draw_all(summary: Summary, out_dir: Path,
         points = [p for rows in sel.values() for r in rows for p in r.get("slices", [])
                   for p in [{**p, "layer": r["layer"]}]]
         fig, axes = _grid(3 if points else 1, plt)
-        for r in (r for rows in sel.values() for r in rows if r.get("ess") is not None):
-            axes[0].scatter(r["ess"], r["test"][0], color=colors[r["layer"]], s=18)
+        with_ess = [r for rows in sel.values() for r in rows if r.get("ess") is not None]
+        for layer, group in sorted(_by_layer(with_ess).items()):
+            axes[0].scatter([r["ess"] for r in group], [r["test"][0] for r in group],
+                            color=colors[layer], s=18)
         axes[0].set_xscale("log")
         axes[0].set(title="all tasks", xlabel="ESS (tolerance, summed over heads and layers)",
                     ylabel="test accuracy", ylim=(-0.02, 1.02))
         for ax, key, label in zip(axes[1:], ("ess_per_kv", "tss_per_kv"),
                                   ("ESS per key-value pair", "TSS per key-value pair")):
-            for p in points:
-                ax.scatter(p[key], p["acc"], color=colors[p["layer"]], s=18)
+            for layer, group in sorted(_by_layer(points).items()):
+                ax.scatter([p[key] for p in group], [p["acc"] for p in group],
+                           color=colors[layer], s=18)
             rho = ((corr or {}).get(key) or {}).get("spearman")
             ax.set_xscale("log")
             ax.set(title="state_size" + (f": Spearman {rho:+.2f}" if rho is not None else ""),
