@@ -188,3 +188,16 @@ def test_plots_are_drawn_linked_and_check_writes_nothing(results, tmp_path):
     assert not list((out.parent / "plots").glob("*.png")), "--check must not draw"
     leaderboard.main(["--results", str(results), "--out", str(out)])
     assert (out.parent / "plots" / "length_generalisation.png").read_bytes() == first
+
+
+def test_lower_is_better_selection_and_perplexity_column(tmp_path):
+    d = tmp_path / "results"
+    for i, (lr, val_ppl, test_ppl) in enumerate([(1e-3, 30.0, 31.0), (3e-3, 20.0, 40.0)]):
+        r = rec(f"p{i}", lr, 0, 0.1, 0.1)
+        r["config"]["early_stopping"] = {"monitor": "val/ppl", "mode": "min"}
+        r["metrics"].update({"val/ppl": val_ppl, "test/ppl": test_ppl})
+        write_record(d, r)
+    (row,) = leaderboard.summarise(leaderboard.load_records(d)[0])["assoc_recall"]
+    assert row["hp"]["lr"] == 3e-3 and row["selected_on"] == "val/ppl"  # lowest val ppl
+    assert row["ppl"][0] == 40.0  # its test perplexity, however bad
+    assert "| test ppl | test acc |" in leaderboard.build(d)
