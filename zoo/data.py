@@ -84,10 +84,18 @@ class TaskDataModule(L.LightningDataModule):
     def eval_names(self) -> list[str]:
         return list(self.eval_tasks)
 
+    def check_world_size(self, world_size: int) -> None:
+        """``batch_size`` is the global batch: each of ``world_size`` data-parallel processes
+        takes an equal share, so a DDP run steps like a single process of the same batch."""
+        if self.batch_size % world_size:
+            raise ValueError(f"task.batch_size={self.batch_size} (the global batch) is not "
+                             f"divisible by the {world_size} data-parallel processes")
+
     def _loader(self, pair: tuple[torch.Tensor, torch.Tensor], batch_size: int,
                 shuffle: bool) -> DataLoader:
-        return DataLoader(TensorPairs(*pair), batch_size=batch_size, shuffle=shuffle,
-                          collate_fn=_identity, num_workers=0)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return DataLoader(TensorPairs(*pair), batch_size=max(1, batch_size // world),
+                          shuffle=shuffle, collate_fn=_identity, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._splits["train"], self.batch_size, shuffle=True)

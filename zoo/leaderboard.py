@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .data import DATA_KEYS
-from .record import load_records
+from .record import BOOKKEEPING, load_records
 
-RUN_KEYS = ("seed", "out_dir", "results_dir", "progress_refresh_rate", "logger")
+RUN_KEYS = ("seed", *BOOKKEEPING)
 
 
 def _canon(obj: Any) -> str:
@@ -69,22 +71,28 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         summaries = []
         for key in sorted(rows[task]):
             recs = rows[task][key]
-            done = [r for r in recs if r["status"] == "completed" and "val/acc" in r["metrics"]]
+            metric, sign = selection(recs[0]["config"])
+            done = [r for r in recs if r["status"] == "completed" and metric in r["metrics"]]
             failed = len(recs) - len(done)
             by_hp: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in done:
                 by_hp[hp_key(r["config"])].append(r)
             cfg = recs[0]["config"]
             s: dict[str, Any] = {"task": task, "layer": recs[0]["layer"],
+                                 "suite": cfg.get("suite"),
                                  "setting": describe_task(cfg["task"]),
                                  "model": describe_model(cfg), "failed": failed,
                                  "n_configs": len(by_hp)}
             if by_hp:
                 # Ties on validation go to the smaller key: deterministic, blind to test.
-                best_hp = min(by_hp, key=lambda h: (-statistics.fmean(
-                    r["metrics"]["val/acc"] for r in by_hp[h]), h))
+                best_hp = min(by_hp, key=lambda h: (-sign * statistics.fmean(
+                    r["metrics"][metric] for r in by_hp[h]), h))
                 chosen = sorted(by_hp[best_hp], key=lambda r: r["run_id"])
-                s["val"] = _mean_std([r["metrics"]["val/acc"] for r in chosen])
+                s["selected_on"] = metric
+                s["val"] = _mean_std([r["metrics"].get("val/acc", float("nan")) for r in chosen])
+                if any("test/ppl" in r["metrics"] for r in chosen):
+                    s["ppl"] = _mean_std([r["metrics"].get("test/ppl", float("nan"))
+                                          for r in chosen])
                 s["test"] = _mean_std([r["metrics"].get("test/acc", float("nan")) for r in chosen])
                 s["exact"] = _mean_std([r["metrics"].get("test/exact_match", float("nan"))
                                         for r in chosen])
@@ -99,10 +107,22 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 s["throughput"] = statistics.fmean(r["throughput_tokens_per_s"] for r in chosen)
                 s["wall"] = statistics.fmean(r["wall_time_s"] for r in chosen)
                 s["ess"] = _mean_ess(chosen)
+                s["slices"] = _slice_points(chosen)
                 s["hp"] = json.loads(best_hp).get("optim", {})
             summaries.append(s)
         out[task] = summaries
     return out
+
+
+def selection(cfg: dict[str, Any]) -> tuple[str, int]:
+    """The validation metric a row is selected on, and +1 (higher is better) or -1: the one
+    the runs themselves early-stopped and kept checkpoints on (``early_stopping``), else
+    ``val/acc``."""
+    es = cfg.get("early_stopping") or {}
+    monitor = es.get("monitor")
+    if isinstance(monitor, str) and monitor.startswith("val/"):
+        return monitor, (-1 if es.get("mode") == "min" else 1)
+    return "val/acc", 1
 
 
 def _mean_ess(recs: list[dict[str, Any]]) -> float | None:
@@ -110,6 +130,49 @@ def _mean_ess(recs: list[dict[str, Any]]) -> float | None:
     vals = [sum(layer["tolerance"] * layer["heads"] for layer in r["ess"]["layers"].values())
             for r in recs if isinstance(r.get("ess"), dict) and r["ess"].get("layers")]
     return statistics.fmean(vals) if vals else None
+
+
+def _slice_points(recs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per run and slice of the state-size task: the slice's test accuracy, ESS and TSS per
+    key-value pair (``record["ess"]["slices"]``, see zoo.ess); empty for other tasks."""
+    points = []
+    for r in recs:
+        slices = (r.get("ess") or {}).get("slices") or {}
+        for name, sl in sorted(slices.items()):
+            acc = r["metrics"].get(f"test/acc@{name}")
+            if acc is not None and sl.get("ess_per_kv") and sl.get("tss_per_kv"):
+                points.append({"slice": name, "acc": acc, "ess_per_kv": sl["ess_per_kv"],
+                               "tss_per_kv": sl["tss_per_kv"], "seed": r["seed"]})
+    return points
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    """Ranks 1..n, ties sharing their mean rank."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else None
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    return pearson(_ranks(xs), _ranks(ys))
 
 
 def _variant_order(name: str) -> tuple:
@@ -134,12 +197,14 @@ def _fmt_ms(ms: tuple[float, float] | None, n: int | None = None) -> str:
 
 
 def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
-           problems: list[str]) -> str:
+           problems: list[str], plots: Sequence[tuple[str, str]] = ()) -> str:
     lines = ["# Leaderboard", "",
              f"Generated by `python -m zoo.leaderboard` from {n_records} run records in "
              "`results/`; do not edit by hand.",
              "Each row is one task setting and architecture. Hyper-parameters are selected on "
-             "mean validation accuracy; test accuracy is reported for that choice as "
+             "the mean over seeds of the validation metric the runs early-stopped on (val/acc "
+             "unless a config names another; val/ppl for language modelling); test metrics "
+             "are reported for that choice as "
              "mean ± std over seeds (n). **Bold** marks the best value of a column within a "
              "task (highest accuracy and throughput, lowest parameters and state size).",
              "State size is the theoretical state (floats) of all sequence mixers at the "
@@ -148,12 +213,15 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
              "wall s the whole run (data, training, validation, test) in seconds; both depend on "
              "what else the machine was running.", ""]
     for task, rows in summary.items():
-        lines += [f"## {task}", "",
-                  "| layer | model | setting | test acc | test exact match | val acc | params "
-                  "| state size | ESS | tokens/s | wall s | lr | failed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         ok = [r for r in rows if "test" in r]
+        ppl = any("ppl" in r for r in ok)  # language modelling: perplexity leads
+        lines += [f"## {task}", "",
+                  "| layer | model | setting | " + ("test ppl | " if ppl else "")
+                  + "test acc | test exact match | val acc | params "
+                  "| state size | ESS | tokens/s | wall s | lr | failed |",
+                  "|---|---|---|" + ("---|" if ppl else "") + "---|---|---|---|---|---|---|---|---|---|"]
         best_test = _best([r["test"][0] for r in ok], True)
+        best_ppl = _best([r["ppl"][0] for r in ok if "ppl" in r], False)
         best_params = _best([r["params"] for r in ok], False)
         best_state = _best([r["state_size"] for r in ok], False)
         best_tp = _best([r["throughput"] for r in ok], True)
@@ -161,15 +229,22 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
         def mark(text: str, value: Any, best: Any) -> str:
             return f"**{text}**" if value is not None and value == best else text
 
-        for r in sorted(rows, key=lambda r: (-(r["test"][0] if "test" in r else -1),
-                                             r["layer"], r["model"], r["setting"])):
+        def order(r: dict[str, Any]) -> tuple:
+            head = (r["ppl"][0] if "ppl" in r else math.inf) if ppl else -r.get(
+                "test", (-1.0,))[0]
+            return (head, r["layer"], r["model"], r["setting"])
+
+        for r in sorted(rows, key=order):
             if "test" not in r:
                 lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | – | – | – | – "
-                             f"| – | – | – | – | – | {r['failed']} |")
+                             + ("| – " if ppl else "")
+                             + f"| – | – | – | – | – | {r['failed']} |")
                 continue
             lines.append(
                 f"| {r['layer']} | {r['model']} | {r['setting']} "
-                f"| {mark(_fmt_ms(r['test'], r['n']), r['test'][0], best_test)} "
+                + (f"| {mark(_fmt_ms(r['ppl'], r['n']), r['ppl'][0], best_ppl)} "
+                   if ppl else "")
+                + f"| {mark(_fmt_ms(r['test'], r['n']), r['test'][0], best_test)} "
                 f"| {_fmt_ms(r['exact'])} | {_fmt_ms(r['val'])} "
                 f"| {mark(format(r['params'], ','), r['params'], best_params)} "
                 f"| {mark(format(r['state_size'], ','), r['state_size'], best_state)} "
@@ -178,9 +253,99 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
                 f"| {r['wall']:,.0f} | {r['hp'].get('lr', '–')} | {r['failed']} |")
         lines.append("")
         lines += _variant_table(rows)
+    lines += _aggregate_table(summary)
+    lines += _correlation_section(summary)
+    if plots:
+        lines += ["## Plots", ""] + [f"- [{title}]({path})" for title, path in plots] + [""]
     if problems:
         lines += ["## Skipped files", ""] + [f"- {p}" for p in problems] + [""]
     return "\n".join(lines)
+
+
+def aggregate(summary: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per suite: the task settings it covers and, per architecture, the selected test accuracy
+    on each and their mean (MAD-Lab's aggregate score, but selected on validation). The score
+    is given only to architectures that have every setting of the suite."""
+    suites: dict[str, dict[str, Any]] = {}
+    for task, rows in summary.items():
+        for r in rows:
+            if not r.get("suite") or "test" not in r:
+                continue
+            su = suites.setdefault(r["suite"], {"columns": [], "archs": defaultdict(dict)})
+            col = f"{task}: {r['setting']}"
+            if col not in su["columns"]:
+                su["columns"].append(col)
+            arch = f"{r['layer']} | {_arch(r['model'])}"
+            su["archs"][arch][col] = r["test"][0]
+    for su in suites.values():
+        su["columns"].sort()
+        su["score"] = {a: (statistics.fmean(cells.values())
+                           if len(cells) == len(su["columns"]) else None)
+                       for a, cells in su["archs"].items()}
+    return suites
+
+
+def _arch(model: str) -> str:
+    """The model description without the layer's options (the architecture, not its knobs)."""
+    return model.split(" (", 1)[0]
+
+
+def _aggregate_table(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines: list[str] = []
+    for name, su in sorted(aggregate(summary).items()):
+        cols = su["columns"]
+        best = _best(list(su["score"].values()), True)
+        lines += [f"## Aggregate: suite `{name}`", "",
+                  "Mean over the suite's task settings of the test accuracy selected on "
+                  "validation (MAD-Lab's aggregate, selected honestly); only architectures with "
+                  "every setting get a score. Settings: "
+                  + "; ".join(f"({i + 1}) {c}" for i, c in enumerate(cols)), "",
+                  "| layer | architecture | score | " + " | ".join(
+                      f"({i + 1}) {c.split(':')[0]}" for i, c in enumerate(cols)) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]
+        order = sorted(su["archs"], key=lambda a: (su["score"][a] is None,
+                                                    -(su["score"][a] or 0), a))
+        for a in order:
+            sc = su["score"][a]
+            text = "–" if sc is None else f"{sc:.4f}"
+            text = f"**{text}**" if sc is not None and sc == best else text
+            cells = [f"{su['archs'][a][c]:.4f}" if c in su["archs"][a] else "–" for c in cols]
+            lines.append(f"| {a} | {text} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def correlations(summary: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Across every (run, slice) point of the state-size task: rank and log-linear correlation
+    of accuracy with ESS per key-value pair and with TSS per key-value pair."""
+    points = [p for rows in summary.values() for r in rows for p in r.get("slices", [])]
+    if len(points) < 3:
+        return None
+    acc = [p["acc"] for p in points]
+    out: dict[str, Any] = {"n": len(points)}
+    for k in ("ess_per_kv", "tss_per_kv"):
+        logs = [math.log(p[k]) for p in points]
+        out[k] = {"spearman": spearman(logs, acc), "pearson_log": pearson(logs, acc)}
+    return out
+
+
+def _correlation_section(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
+    c = correlations(summary)
+    if c is None:
+        return []
+
+    def f(v: float | None) -> str:
+        return "–" if v is None else f"{v:+.3f}"
+
+    return ["## Effective state size against accuracy (state_size task)", "",
+            f"Over {c['n']} points (every selected run of `task=state_size` x key-value slice): "
+            "the correlation of the slice's test accuracy with the state per key-value pair, "
+            "measured (ESS, tolerance) and theoretical (TSS). arXiv 2504.19561 finds ESS per "
+            "pair the better predictor.", "",
+            "| state per kv pair | Spearman rho | Pearson r (log x) |", "|---|---|---|",
+            f"| ESS / kv | {f(c['ess_per_kv']['spearman'])} | {f(c['ess_per_kv']['pearson_log'])} |",
+            f"| TSS / kv | {f(c['tss_per_kv']['spearman'])} | {f(c['tss_per_kv']['pearson_log'])} |",
+            ""]
 
 
 def _variant_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -201,19 +366,33 @@ def _variant_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def build(results_dir: str | Path) -> str:
+def build(results_dir: str | Path, plots_dir: str | Path | None = None,
+          relative_to: str | Path = ".") -> str:
+    """The leaderboard text; with ``plots_dir`` the PNGs are (re)drawn there and linked."""
     records, problems = load_records(results_dir)
-    return render(summarise(records), len(records), problems)
+    summary = summarise(records)
+    plots: list[tuple[str, str]] = []
+    if plots_dir is not None:
+        from .plots import draw_all  # matplotlib only when plots are asked for
+        for title, path in draw_all(summary, Path(plots_dir), correlations(summary)):
+            plots.append((title, os.path.relpath(path, relative_to)))
+    return render(summary, len(records), problems, plots)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", default="results", help="directory of run records")
     ap.add_argument("--out", default="leaderboard.md", help="file to write")
+    ap.add_argument("--plots", default="plots",
+                    help="directory for the PNG plots, relative to --out's directory ('' for none)")
     ap.add_argument("--check", action="store_true", help="exit 1 if --out is stale, write nothing")
     args = ap.parse_args(argv)
-    text = build(args.results)
     out = Path(args.out)
+    plots_dir = (out.parent / args.plots) if args.plots else None
+    if args.check and plots_dir is not None:  # --check writes nothing: the links only
+        text = render_links_only(args.results, plots_dir, out.parent)
+    else:
+        text = build(args.results, plots_dir, out.parent)
     if args.check:
         current = out.read_text() if out.exists() else None
         if current != text:
@@ -225,6 +404,17 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text)
     print(f"wrote {out}")
     return 0
+
+
+def render_links_only(results_dir: str | Path, plots_dir: Path, relative_to: Path) -> str:
+    """What ``build`` would write, without drawing: the plot links are a pure function of the
+    records, so ``--check`` can compare the text while touching no file."""
+    from .plots import planned
+    records, problems = load_records(results_dir)
+    summary = summarise(records)
+    links = [(t, os.path.relpath(p, relative_to))
+             for t, p in planned(summary, plots_dir, correlations(summary))]
+    return render(summary, len(records), problems, links)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ or a parallel sweep worker never leaves a half-written or clobbered record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -23,6 +24,10 @@ SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "run_id", "status", "time", "task", "layer", "config", "seed",
             "metrics")
 PACKAGES = ("torch", "lightning", "hydra-core", "einops", "torchmetrics")
+# Top-level config keys that say where and how a run is executed, not what it computes: they
+# are left out of a run's identity (``config_key``) and of the hyper-parameters selected over.
+BOOKKEEPING = ("out_dir", "results_dir", "progress_refresh_rate", "logger", "resume",
+               "checkpoint_dir", "threads", "suite")
 
 
 def new_run_id() -> str:
@@ -69,6 +74,29 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A run's identity: a hash of its resolved config without the bookkeeping keys (the seed
+    is part of it). Two runs with the same key compute the same thing."""
+    core = {k: v for k, v in config.items() if k not in BOOKKEEPING}
+    text = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def find_finished(results_dir: str | Path, task: str, layer: str,
+                  key: str) -> dict[str, Any] | None:
+    """The record of a finished run (completed or failed) with this config key, if any."""
+    for path in sorted((Path(results_dir) / task / layer).glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("config"), dict) and rec.get(
+                "status") in ("completed", "failed") and (
+                rec.get("config_key") or config_key(rec["config"])) == key:
+            return rec
+    return None
 
 
 def record_path(results_dir: str | Path, record: dict[str, Any]) -> Path:

@@ -24,7 +24,8 @@ import tasks
 from .data import TaskDataModule, split_task_config
 from .ess import ess_summary
 from .module import ZooModule
-from .record import device_info, git_sha, new_run_id, package_versions, write_record
+from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
+                     package_versions, write_record)
 
 log = logging.getLogger("zoo.train")
 
@@ -42,10 +43,10 @@ def model_kwargs(cfg: DictConfig | dict[str, Any], vocab_size: int) -> dict[str,
     return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}
 
 
-def _callbacks(cfg: DictConfig, out_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+def _callbacks(cfg: DictConfig, ckpt_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
     es = cfg.early_stopping
-    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=es.monitor, mode=es.mode,
-                           save_top_k=1, filename="best", save_last=False)
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=es.monitor, mode=es.mode, save_top_k=1,
+                           filename="best", save_last=bool(cfg.get("resume")))
     cbs: list[Callback] = [
         EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience,
                       stopping_threshold=es.get("stopping_threshold"), check_finite=True),
@@ -56,13 +57,36 @@ def _callbacks(cfg: DictConfig, out_dir: Path) -> tuple[list[Callback], ModelChe
     return cbs, ckpt
 
 
+def _resume_point(ckpt_dir: Path) -> tuple[str | None, int]:
+    """``last.ckpt`` of an interrupted run and its step, or (None, 0) when there is none or it
+    cannot be read (a kill while it was being written): then the run starts afresh."""
+    last = ckpt_dir / "last.ckpt"
+    if not last.exists():
+        return None, 0
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        return str(last), int(state["global_step"])
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means start over
+        log.warning("ignoring unreadable checkpoint %s (%s): starting afresh", last, e)
+        return None, 0
+
+
 def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train, test and record one run; returns the record written."""
+    """Train, test and record one run; returns the record written.
+
+    With ``resume=true`` (the leaderboard presets set it) a run whose record already exists is
+    skipped (that record is returned) and an interrupted one continues from its last
+    checkpoint, kept under ``checkpoint_dir/<task>/<layer>/<config key>/``: restarting a killed
+    sweep redoes nothing that finished.
+    """
     started, sha = time.time(), git_sha()  # the code as it was when the run began
     torch.set_float32_matmul_precision("high")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     layer_name = cfg.layer.name
     task_name, knobs, sizes = split_task_config(cfg_dict["task"])
+    key = config_key(cfg_dict)
 
     # Validate everything before any work: bad knobs fail here, naming themselves.
     task = tasks.build(task_name, **knobs)
@@ -70,14 +94,29 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     ZooModule(mkw, cfg_dict["optim"])  # builds the model once to check its options
     dm = TaskDataModule(task, seed=cfg.seed, **sizes)
 
+    resume_from, resumed_step = None, 0
+    if cfg.get("resume"):
+        done = find_finished(cfg.results_dir, task_name, layer_name, key)
+        if done is not None:
+            log.info("skipping: this config finished as run %s (%s)", done["run_id"],
+                     done["status"])
+            return done
+        ckpt_dir = Path(cfg.checkpoint_dir) / task_name / layer_name / key
+        resume_from, resumed_step = _resume_point(ckpt_dir)
+    else:
+        ckpt_dir = Path(cfg.out_dir) / "checkpoints"
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names)
     out_dir = Path(cfg.out_dir)
-    cbs, ckpt = _callbacks(cfg, out_dir)
+    cbs, ckpt = _callbacks(cfg, ckpt_dir)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(**cfg_dict["trainer"], callbacks=[*cbs, *callbacks], logger=logger,
                         default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=dm)
+    dm.check_world_size(trainer.world_size)
+    if resume_from:
+        log.info("resuming from %s (step %d)", resume_from, resumed_step)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
 
     status = "failed" if module.failure else "completed"
     ess = None
@@ -98,6 +137,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         "task": task_name,
         "layer": layer_name,
         "config": cfg_dict,
+        "config_key": key,
+        "resumed_from_step": resumed_step,
         "seed": cfg.seed,
         "params": module.model.num_params(),
         "params_non_embedding": module.model.num_params(non_embedding=True),

@@ -120,3 +120,84 @@ def test_parallel_writers_leave_every_record_intact(tmp_path):
     records, problems = leaderboard.load_records(results)
     assert len(records) == 200 and not problems
     assert not list(results.rglob("*.tmp")), "temp files left behind"
+
+
+def _suite_rec(run_id, task, layer, seed, val, test, suite="s"):
+    r = rec(run_id, 1e-3, seed, val, test, layer=layer)
+    r["task"] = task
+    r["config"]["task"]["name"] = task
+    r["config"]["suite"] = suite
+    return r
+
+
+def test_aggregate_score_is_the_mean_of_selected_tests_and_needs_every_setting(tmp_path):
+    d = tmp_path / "results"
+    write_record(d, _suite_rec("a1", "assoc_recall", "attention", 0, 0.9, 0.8))
+    write_record(d, _suite_rec("a2", "copying", "attention", 0, 0.9, 0.4))
+    write_record(d, _suite_rec("g1", "assoc_recall", "gla", 0, 0.5, 0.9))  # no copying run
+    write_record(d, rec("x1", 1e-3, 0, 0.99, 0.99, layer="cat"))  # not in the suite
+    su = leaderboard.aggregate(leaderboard.summarise(leaderboard.load_records(d)[0]))["s"]
+    assert len(su["columns"]) == 2
+    scores = {a.split(" |")[0]: s for a, s in su["score"].items()}
+    assert scores == {"attention": pytest.approx(0.6), "gla": None}
+    text = leaderboard.build(d)
+    assert "## Aggregate: suite `s`" in text and "| **0.6000** |" in text
+
+
+def test_rank_correlations():
+    assert leaderboard.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert leaderboard.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert leaderboard.spearman([1, 2, 3], [5, 5, 5]) is None  # no variation: undefined
+    assert leaderboard._ranks([3.0, 1.0, 3.0]) == [2.5, 1.0, 2.5]
+    # Pearson on x = 1..5 against y = x^2, by hand: r = 0.9811
+    assert leaderboard.pearson([1, 2, 3, 4, 5], [1, 4, 9, 16, 25]) == pytest.approx(0.98109, 1e-4)
+
+
+def test_state_size_slices_give_the_ess_and_tss_correlations(tmp_path):
+    d = tmp_path / "results"
+    # ESS per pair tracks accuracy, TSS per pair does not
+    for i, (ess, tss, acc) in enumerate([(0.5, 64, 0.2), (1.0, 8, 0.4), (2.0, 32, 0.6),
+                                          (4.0, 16, 0.9)]):
+        r = _suite_rec(f"s{i}", "state_size", f"m{i}", 0, 0.5, acc)
+        r["metrics"][f"test/acc@kv={i + 1}"] = acc
+        r["ess"] = {"layers": {}, "slices": {f"kv={i + 1}": {"ess_per_kv": ess,
+                                                               "tss_per_kv": tss}}}
+        write_record(d, r)
+    c = leaderboard.correlations(leaderboard.summarise(leaderboard.load_records(d)[0]))
+    assert c["n"] == 4 and c["ess_per_kv"]["spearman"] == pytest.approx(1.0)
+    assert c["tss_per_kv"]["spearman"] == pytest.approx(-0.4)  # 1 - 6*14/(4*15)
+    assert "| ESS / kv | +1.000 |" in leaderboard.build(d)
+
+
+def test_plots_are_drawn_linked_and_check_writes_nothing(results, tmp_path):
+    out = tmp_path / "site" / "leaderboard.md"
+    out.parent.mkdir()
+    r = rec("L0", 1e-3, 0, 0.9, 0.9)
+    r["metrics"].update({"test/acc@len=64": 0.9, "test/acc@len=128": 0.5})
+    write_record(results, r)
+    assert leaderboard.main(["--results", str(results), "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in (out.parent / "plots").glob("*.png"))
+    assert pngs == ["accuracy_vs_state_size.png", "length_generalisation.png"]
+    for p in (out.parent / "plots").glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+        assert f"](plots/{p.name})" in out.read_text()
+    first = (out.parent / "plots" / "length_generalisation.png").read_bytes()
+    for p in (out.parent / "plots").glob("*.png"):
+        p.unlink()
+    assert leaderboard.main(["--results", str(results), "--out", str(out), "--check"]) == 0
+    assert not list((out.parent / "plots").glob("*.png")), "--check must not draw"
+    leaderboard.main(["--results", str(results), "--out", str(out)])
+    assert (out.parent / "plots" / "length_generalisation.png").read_bytes() == first
+
+
+def test_lower_is_better_selection_and_perplexity_column(tmp_path):
+    d = tmp_path / "results"
+    for i, (lr, val_ppl, test_ppl) in enumerate([(1e-3, 30.0, 31.0), (3e-3, 20.0, 40.0)]):
+        r = rec(f"p{i}", lr, 0, 0.1, 0.1)
+        r["config"]["early_stopping"] = {"monitor": "val/ppl", "mode": "min"}
+        r["metrics"].update({"val/ppl": val_ppl, "test/ppl": test_ppl})
+        write_record(d, r)
+    (row,) = leaderboard.summarise(leaderboard.load_records(d)[0])["assoc_recall"]
+    assert row["hp"]["lr"] == 3e-3 and row["selected_on"] == "val/ppl"  # lowest val ppl
+    assert row["ppl"][0] == 40.0  # its test perplexity, however bad
+    assert "| test ppl | test acc |" in leaderboard.build(d)

@@ -1,0 +1,182 @@
+"""Sweeps: resumable runs, parallel workers, the leaderboard presets, DDP on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from lightning.pytorch.callbacks import Callback
+
+import layers
+from zoo.record import config_key, find_finished
+from zoo.train import run
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PRESETS = sorted((CONFIGS / "experiment" / "leaderboard").glob("[!_]*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAt(Callback):
+    """Dies at a given step, as a killed worker would (after the step-4 checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Crash(f"killed at step {self.step}")
+
+
+def records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.rglob("*.json"))]
+
+
+def test_interrupted_run_resumes_and_finished_run_is_skipped(make_cfg, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    cfg = make_cfg("resume=true", f"checkpoint_dir={ckpt}")
+    with pytest.raises(Crash):
+        run(cfg, callbacks=[CrashAt(6)])
+    assert not records(tmp_path / "results"), "a killed run writes no record"
+    last = list(ckpt.rglob("last.ckpt"))
+    assert len(last) == 1 and last[0].parent.name == config_key(
+        __import__("omegaconf").OmegaConf.to_container(cfg, resolve=True))
+
+    rec = run(cfg)  # the restart continues from the step-4 checkpoint
+    assert rec["status"] == "completed" and rec["resumed_from_step"] == 4 and rec["steps"] == 8
+    assert len(records(tmp_path / "results")) == 1
+
+    again = run(cfg)  # finished: skipped, nothing new written
+    assert again["run_id"] == rec["run_id"]
+    assert len(records(tmp_path / "results")) == 1
+    # a different seed is a different run
+    other = run(make_cfg("resume=true", f"checkpoint_dir={ckpt}", "seed=1"))
+    assert other["run_id"] != rec["run_id"] and len(records(tmp_path / "results")) == 2
+
+
+def test_unreadable_checkpoint_starts_afresh(make_cfg, tmp_path):
+    cfg = make_cfg("resume=true", f"checkpoint_dir={tmp_path / 'ckpt'}")
+    key = config_key(__import__("omegaconf").OmegaConf.to_container(cfg, resolve=True))
+    bad = tmp_path / "ckpt" / "assoc_recall" / "attention" / key / "last.ckpt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"half a checkpoint")  # killed while writing
+    rec = run(cfg)
+    assert rec["status"] == "completed" and rec["resumed_from_step"] == 0 and rec["steps"] == 8
+
+
+def test_config_key_ignores_bookkeeping_only():
+    base = {"task": {"name": "t"}, "seed": 0, "out_dir": "a", "results_dir": "r", "threads": 1}
+    assert config_key(base) == config_key({**base, "out_dir": "b", "threads": None})
+    assert config_key(base) != config_key({**base, "seed": 1})
+    assert config_key(base) != config_key({**base, "task": {"name": "u"}})
+
+
+def test_find_finished_skips_foreign_and_unfinished(tmp_path):
+    d = tmp_path / "assoc_recall" / "attention"
+    d.mkdir(parents=True)
+    cfg = {"task": {"name": "assoc_recall"}, "seed": 0}
+    (d / "broken.json").write_text("{")
+    (d / "running.json").write_text(json.dumps({"config": cfg, "status": "running"}))
+    assert find_finished(tmp_path, "assoc_recall", "attention", config_key(cfg)) is None
+    (d / "done.json").write_text(json.dumps({"config": cfg, "status": "completed", "run_id": "x"}))
+    assert find_finished(tmp_path, "assoc_recall", "attention", config_key(cfg))["run_id"] == "x"
+
+
+def cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "zoo.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+@pytest.mark.slow
+def test_killed_sweep_restarted_redoes_nothing_finished(make_cfg, tmp_path):
+    """A multirun over two seeds: seed 0 finished, seed 1 was killed at step 6. Restarting the
+    same command skips seed 0 and resumes seed 1 from its last checkpoint."""
+    results, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    common = ["debug=tiny", "resume=true", f"results_dir={results}", f"checkpoint_dir={ckpt}",
+              "logger=csv"]
+    assert cli("-m", *common, "seed=0", cwd=tmp_path).returncode == 0
+    first = records(results)
+    assert len(first) == 1
+    with pytest.raises(Crash):  # the same config as the CLI's seed=1 job, killed midway
+        run(make_cfg(*common[1:], "seed=1"), callbacks=[CrashAt(6)])
+    proc = cli("-m", *common, "seed=0,1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipping: this config finished" in proc.stderr + proc.stdout
+    after = records(results)
+    assert len(after) == 2
+    assert [r for r in after if r["seed"] == 0] == first, "the finished run is untouched"
+    resumed = next(r for r in after if r["seed"] == 1)
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 8
+
+
+@pytest.mark.slow
+def test_two_joblib_workers_leave_every_record_intact(tmp_path):
+    results = tmp_path / "results"
+    proc = cli("-m", "debug=tiny", f"results_dir={results}", "seed=0,1,2,3",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = records(results)
+    assert sorted(r["seed"] for r in recs) == [0, 1, 2, 3]
+    assert all(r["status"] == "completed" for r in recs)
+    assert not list(results.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_writes_one_record_matching_a_single_process(tmp_path):
+    """2 processes (gloo), global batch 32 = 2 x 16, against one process with batch 32."""
+    common = ["debug=tiny", "logger=csv", "trainer.max_steps=16", "task.num_train=1024"]
+    single = cli(*common, f"results_dir={tmp_path / 'single'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = cli(*common, f"results_dir={tmp_path / 'ddp'}", "trainer=ddp",
+              "trainer.accelerator=cpu", "trainer.devices=2", cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (one,), (two,) = records(tmp_path / "single"), records(tmp_path / "ddp")  # one each
+    assert two["config"]["trainer"]["devices"] == 2 and two["steps"] == one["steps"] == 16
+    for k in ("val/loss", "test/loss"):
+        assert abs(two["metrics"][k] - one["metrics"][k]) < 0.05 * one["metrics"][k], k
+    assert abs(two["metrics"]["test/acc"] - one["metrics"]["test/acc"]) < 0.1
+
+
+def test_ddp_global_batch_must_split_evenly(make_cfg, tmp_path):
+    from zoo.data import TaskDataModule
+    import tasks
+    dm = TaskDataModule(tasks.build("assoc_recall"), batch_size=30)
+    dm.check_world_size(2)
+    with pytest.raises(ValueError, match="task.batch_size=30 .* not divisible by the 4"):
+        dm.check_world_size(4)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_leaderboard_preset_sweeps_every_sequence_mixer(preset):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment=leaderboard/{preset.stem}"],
+                      return_hydra_config=True)
+        from hydra.core.global_hydra import GlobalHydra
+        options = GlobalHydra.instance().config_loader().get_group_options("layer")
+    params = cfg.hydra.sweeper.params
+    glob = OverridesParser.create().parse_override(f"layer={params.layer}").value()
+    swept = set(glob.filter(options))
+    sequence_mixers = set(layers.names("sequence"))
+    assert swept == sequence_mixers, "the preset must sweep exactly the registered mixers"
+    assert len(str(params.seed).split(",")) == 3
+    assert len(str(params["optim.lr"]).split(",")) >= 2
+    assert cfg.resume is True and cfg.task.name == preset.stem and cfg.suite
+    assert cfg.task.num_val > 0 and cfg.trainer.max_steps <= 1000  # CPU-sized
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    shipped = yaml.safe_load((CONFIGS / "hydra" / "launcher" / "slurm.yaml").read_text())
+    assert launcher.timeout_min == shipped["timeout_min"]
