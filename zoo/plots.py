@@ -94,9 +94,7 @@ def draw_all(summary: Summary, out_dir: Path,
             ax.set_xscale("log")
             ax.set(title=task, xlabel="state size (floats)", ylabel="test accuracy",
                    ylim=(-0.02, 1.02))
-        _legend(fig, colors, plt)
-        _save(fig, out_dir / "accuracy_vs_state_size.png")
-        plt.close(fig)
+        _finish(fig, colors, plt, out_dir / "accuracy_vs_state_size.png")
 
     if "length_generalisation.png" in names:
         groups = {t: _length_rows(rows) for t, rows in sel.items() if _length_rows(rows)}
@@ -109,9 +107,7 @@ def draw_all(summary: Summary, out_dir: Path,
                         color=colors[r["layer"]], alpha=0.8)
             ax.set(title=task, xlabel="evaluation length", ylabel="test accuracy",
                    ylim=(-0.02, 1.02))
-        _legend(fig, colors, plt)
-        _save(fig, out_dir / "length_generalisation.png")
-        plt.close(fig)
+        _finish(fig, colors, plt, out_dir / "length_generalisation.png")
 
     if "ess_vs_accuracy.png" in names:
         points = [p for rows in sel.values() for r in rows for p in r.get("slices", [])
@@ -133,13 +129,14 @@ def draw_all(summary: Summary, out_dir: Path,
             ax.set_xscale("log")
             ax.set(title="state_size" + (f": Spearman {rho:+.2f}" if rho is not None else ""),
                    xlabel=label, ylabel="test accuracy of the slice", ylim=(-0.02, 1.02))
-        _legend(fig, colors, plt)
-        _save(fig, out_dir / "ess_vs_accuracy.png")
-        plt.close(fig)
+        _finish(fig, colors, plt, out_dir / "ess_vs_accuracy.png")
     return todo
 
 
-def _legend(fig: Any, colors: dict[str, Any], plt: Any) -> None:
+def _finish(fig: Any, colors: dict[str, Any], plt: Any, path: Path) -> None:
+    """One legend (a colour per layer) below the panels; save; free the figure."""
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=n) for n, c in colors.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8,
                frameon=False)
+    _save(fig, path)
+    plt.close(fig)
