@@ -14,6 +14,23 @@ Units. ESS counts a rank per head; TSS is ``mixer.state_size(T)`` in floats for 
 layer. The layer's ESS is the mean per-head ESS times the number of heads, and utilisation is
 that over TSS: comparable between runs of one layer family, while across families it also
 reflects how many floats each family spends per unit of rank (``dv`` per key for GLA).
+
+What a run records (``record["ess"]``, from ``ess_summary``; positions and sequences sampled
+as its docstring says):
+
+- ``layers[str(i)]``: ``mixer``, ``heads``, ``tolerance`` and ``entropy`` (mean per-head ESS
+  over positions, heads and sequences), ``tss`` (floats), ``utilisation``
+  (``heads * tolerance / tss``); ``None`` for a mixer that is not a linear operator.
+- ``total``: the model's numbers, as arXiv 2504.19561 aggregates them: ESS averaged over the
+  sequence positions, summed over heads and over layers. ``tolerance_ess`` =
+  ``sum_layers heads * tolerance``, ``entropy_ess`` likewise, ``tss`` = ``sum_layers tss``
+  (operator layers only); ``None`` when no layer is a linear operator.
+- ``slices["<variant>"]`` (runs whose task has test variants, e.g. ``kv=8`` of
+  ``task=state_size``): the same ``total`` numbers measured on that variant's own test inputs,
+  its ``layers``, and for MQAR-like variants (``num_kv_pairs`` = ``kv``) ``kv``,
+  ``ess_per_kv`` (= ``tolerance_ess / kv``, the paper's ESS/kv), ``entropy_ess_per_kv`` and
+  ``tss_per_kv``. Beside ``metrics["test/acc@<variant>"]`` these give accuracy against ESS/kv
+  and TSS/kv per slice.
 """
 
 from __future__ import annotations
@@ -92,7 +109,42 @@ def ess_summary(model: Backbone, tokens: torch.Tensor, max_sequences: int = 8,
     layers_out = {str(i): None if e is None else _layer_row(e)
                   for i, e in enumerate(layer_ess(model, tokens, positions, tol))}
     return {"tol": tol, "sequences": len(tokens), "seq_len": T,
-            "positions": T - 1 if positions is None else len(positions), "layers": layers_out}
+            "positions": T - 1 if positions is None else len(positions), "layers": layers_out,
+            "total": _total(layers_out)}
+
+
+def _total(layers_out: dict[str, dict[str, Any] | None]) -> dict[str, float] | None:
+    """The model's ESS and TSS: per-layer ESS (mean per head times heads) summed over layers."""
+    rows = [r for r in layers_out.values() if r is not None]
+    if not rows:
+        return None
+    return {"tolerance_ess": sum(r["heads"] * r["tolerance"] for r in rows),
+            "entropy_ess": sum(r["heads"] * r["entropy"] for r in rows),
+            "tss": sum(r["tss"] for r in rows)}
+
+
+def slice_summaries(model: Backbone, variants: dict[str, tasks.Task], seed: int,
+                    max_sequences: int = 8, **kw: Any) -> dict[str, dict[str, Any] | None]:
+    """Per test variant: ``ess_summary`` on ``max_sequences`` of that variant's test inputs,
+    flattened to its ``total`` plus ``layers``, with per-pair figures where the variant has
+    ``num_kv_pairs`` (see the module docstring)."""
+    device = next(model.parameters()).device
+    out: dict[str, dict[str, Any] | None] = {}
+    for name, task in variants.items():
+        tokens = tasks.make_split(task, max_sequences, seed, "test")[0].to(device)
+        summary = ess_summary(model, tokens, max_sequences, **kw)
+        total = summary["total"]
+        if total is None:
+            out[name] = None
+            continue
+        entry: dict[str, Any] = {**total, "layers": summary["layers"]}
+        kv = getattr(task, "num_kv_pairs", None)
+        if kv:
+            entry.update(kv=kv, ess_per_kv=total["tolerance_ess"] / kv,
+                         entropy_ess_per_kv=total["entropy_ess"] / kv,
+                         tss_per_kv=total["tss"] / kv)
+        out[name] = entry
+    return out
 
 
 def _find_record(results: str, run_id: str) -> dict[str, Any]:
