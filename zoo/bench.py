@@ -234,25 +234,29 @@ def bench_moe(d_model: int = 128, batch: int = 8, lengths: Sequence[int] = (1024
 
 def bench_ess(lengths: Sequence[int] = (1024,), d_model: int = 128, samples: int = 5) -> list[str]:
     """``tasks.ess`` at every position, head and layer of a fresh 2-layer attention model
-    (4 heads) on one random sequence, and its largest error against a float64 SVD of ``H_i`` at
-    ``samples`` positions, relative to each ``s_max``."""
+    (4 heads, full rank: the worst case) on one random sequence, wall and CPU seconds (on a
+    shared machine wall time depends on the load, noted above the table), and its largest
+    error against a float64 SVD of ``H_i`` at ``samples`` positions, relative to each
+    ``s_max``."""
     from tasks import ess as E
     from .ess import mixer_inputs
     from .model import Backbone
 
-    rows = [f"d_model={d_model}, 2 layers of attention (4 heads), 1 sequence.", "",
-            "| T | seconds (all positions, heads, layers) | max error vs SVD (rel. s_max) |",
-            "|---|---|---|"]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    rows = [f"d_model={d_model}, 2 layers of attention (4 heads), 1 sequence; "
+            f"load average (1, 5, 15 min) at the start: {load}.", "",
+            "| T | seconds (all positions, heads, layers) | CPU seconds | "
+            "max error vs SVD (rel. s_max) |", "|---|---|---|---|"]
     for T in lengths:
         torch.manual_seed(0)
         model = Backbone(64, d_model=d_model, n_layers=2, pattern="attention").eval()
         tokens = torch.randint(0, 64, (1, T), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ops = [b.mixer.operator(x) for b, x in zip(model.blocks, mixer_inputs(model, tokens))]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for op in ops:
             E.ess(op)
-        secs = time.perf_counter() - start
+        secs, cpu = time.perf_counter() - start, time.process_time() - cpu
         sampled = torch.linspace(1, T - 1, samples).round().long().unique().tolist()
         err = 0.0
         for op in ops:
@@ -261,7 +265,7 @@ def bench_ess(lengths: Sequence[int] = (1024,), d_model: int = 128, samples: int
                 ref = torch.linalg.svdvals(op.double()[..., i:, :i])  # [B, H, min(i, T - i)]
                 diff = (s[..., j, : ref.shape[-1]] - ref).abs().amax(-1) / ref[..., 0]
                 err = max(err, float(diff.max()))
-        rows.append(f"| {T:,} | {secs:.2f} | {err:.1e} |")
+        rows.append(f"| {T:,} | {secs:.2f} | {cpu:.2f} | {err:.1e} |")
     return rows
 
 

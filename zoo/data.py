@@ -65,7 +65,8 @@ class TaskDataModule(L.LightningDataModule):
         # Validate every test variant now, before any generation or training. Names become
         # metric suffixes: test/acc@len=64, test/acc@ood; the training length comes first.
         self.eval_tasks = {f"len={L_}": task.at_length(L_) for L_ in self.eval_lengths}
-        self.eval_tasks.update(task.eval_variants())
+        self.eval_variants = task.eval_variants()
+        self.eval_tasks.update(self.eval_variants)
         self.leakage: dict[str, int] = {}
         self._splits: dict[str, Any] = {}
 

@@ -2,6 +2,7 @@
 
     python -m zoo.ess --run-id 20261122-115407-a840fe61 [--results results]
     python -m zoo.ess --fresh --layer gla --d-model 128 --n-layers 2 --seq-len 1024
+    ... [--plot ess.png]   # PNG of ESS by position per layer (default: beside the run's outputs)
 
 A trained run is loaded from its record's ``best_checkpoint`` and measured on sequences of its
 task's test split; ``--fresh`` measures an initialised model on random tokens. For every mixer
@@ -13,6 +14,23 @@ Units. ESS counts a rank per head; TSS is ``mixer.state_size(T)`` in floats for 
 layer. The layer's ESS is the mean per-head ESS times the number of heads, and utilisation is
 that over TSS: comparable between runs of one layer family, while across families it also
 reflects how many floats each family spends per unit of rank (``dv`` per key for GLA).
+
+What a run records (``record["ess"]``, from ``ess_summary``; positions and sequences sampled
+as its docstring says):
+
+- ``layers[str(i)]``: ``mixer``, ``heads``, ``tolerance`` and ``entropy`` (mean per-head ESS
+  over positions, heads and sequences), ``tss`` (floats), ``utilisation``
+  (``heads * tolerance / tss``); ``None`` for a mixer that is not a linear operator.
+- ``total``: the model's numbers, as arXiv 2504.19561 aggregates them: ESS averaged over the
+  sequence positions, summed over heads and over layers. ``tolerance_ess`` =
+  ``sum_layers heads * tolerance``, ``entropy_ess`` likewise, ``tss`` = ``sum_layers tss``
+  (operator layers only); ``None`` when no layer is a linear operator.
+- ``slices["<variant>"]`` (runs whose task has test variants, e.g. ``kv=8`` of
+  ``task=state_size``): the same ``total`` numbers measured on that variant's own test inputs,
+  its ``layers``, and for MQAR-like variants (``num_kv_pairs`` = ``kv``) ``kv``,
+  ``ess_per_kv`` (= ``tolerance_ess / kv``, the paper's ESS/kv), ``entropy_ess_per_kv`` and
+  ``tss_per_kv``. Beside ``metrics["test/acc@<variant>"]`` these give accuracy against ESS/kv
+  and TSS/kv per slice.
 """
 
 from __future__ import annotations
@@ -91,7 +109,42 @@ def ess_summary(model: Backbone, tokens: torch.Tensor, max_sequences: int = 8,
     layers_out = {str(i): None if e is None else _layer_row(e)
                   for i, e in enumerate(layer_ess(model, tokens, positions, tol))}
     return {"tol": tol, "sequences": len(tokens), "seq_len": T,
-            "positions": T - 1 if positions is None else len(positions), "layers": layers_out}
+            "positions": T - 1 if positions is None else len(positions), "layers": layers_out,
+            "total": _total(layers_out)}
+
+
+def _total(layers_out: dict[str, dict[str, Any] | None]) -> dict[str, float] | None:
+    """The model's ESS and TSS: per-layer ESS (mean per head times heads) summed over layers."""
+    rows = [r for r in layers_out.values() if r is not None]
+    if not rows:
+        return None
+    return {"tolerance_ess": sum(r["heads"] * r["tolerance"] for r in rows),
+            "entropy_ess": sum(r["heads"] * r["entropy"] for r in rows),
+            "tss": sum(r["tss"] for r in rows)}
+
+
+def slice_summaries(model: Backbone, variants: dict[str, tasks.Task], seed: int,
+                    max_sequences: int = 8, **kw: Any) -> dict[str, dict[str, Any] | None]:
+    """Per test variant: ``ess_summary`` on ``max_sequences`` of that variant's test inputs,
+    flattened to its ``total`` plus ``layers``, with per-pair figures where the variant has
+    ``num_kv_pairs`` (see the module docstring)."""
+    device = next(model.parameters()).device
+    out: dict[str, dict[str, Any] | None] = {}
+    for name, task in variants.items():
+        tokens = tasks.make_split(task, max_sequences, seed, "test")[0].to(device)
+        summary = ess_summary(model, tokens, max_sequences, **kw)
+        total = summary["total"]
+        if total is None:
+            out[name] = None
+            continue
+        entry: dict[str, Any] = {**total, "layers": summary["layers"]}
+        kv = getattr(task, "num_kv_pairs", None)
+        if kv:
+            entry.update(kv=kv, ess_per_kv=total["tolerance_ess"] / kv,
+                         entropy_ess_per_kv=total["entropy_ess"] / kv,
+                         tss_per_kv=total["tss"] / kv)
+        out[name] = entry
+    return out
 
 
 def _find_record(results: str, run_id: str) -> dict[str, Any]:
@@ -140,27 +193,48 @@ def table(per_layer: list[dict[str, Any] | None]) -> list[str]:
     return rows
 
 
-def plot(per_layer: list[dict[str, Any] | None], path: Path) -> str:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot written"
+def plot(per_layer: list[dict[str, Any] | None], path: Path, title: str = "") -> str:
+    """ESS by position, one column per linear-operator layer: tolerance-ESS on top,
+    entropy-ESS below; each head faint (mean over sequences), the mean over heads bold.
+    Written with matplotlib's Agg backend; returns the line to print."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     entries = [(i, e) for i, e in enumerate(per_layer) if e is not None]
     if not entries:
         return "no linear-operator layers: no plot written"
-    fig, axes = plt.subplots(1, len(entries), figsize=(4 * len(entries), 3), squeeze=False)
-    for ax, (i, e) in zip(axes[0], entries):
+    fig, axes = plt.subplots(2, len(entries), figsize=(4 * len(entries), 5.5), squeeze=False,
+                             sharex=True)
+    for col, (i, e) in enumerate(entries):
         res = e["ess"]
-        for h in range(e["heads"]):
-            ax.plot(res.positions, res.tolerance[:, h].mean(0), lw=0.8, label=f"head {h}")
-        ax.set(title=f"layer {i}: {e['mixer']}", xlabel="position", ylabel="tolerance-ESS")
-    axes[0][0].legend(fontsize=6)
+        for row, (kind, values) in enumerate([("tolerance", res.tolerance),
+                                              ("entropy", res.entropy)]):
+            ax, per_head = axes[row][col], values.mean(0)  # [heads, P]
+            for h in range(per_head.shape[0]):
+                ax.plot(res.positions, per_head[h], lw=0.7, alpha=0.35, color="C0")
+            ax.plot(res.positions, per_head.mean(0), lw=2.0, color="C0", label="mean of heads")
+            ax.set_ylabel(f"{kind}-ESS")
+            if row == 0:
+                ax.set_title(f"layer {i}: {e['mixer']} ({e['heads']} heads)")
+            else:
+                ax.set_xlabel("position")
+    axes[0][0].legend(fontsize=7, title="faint: one head", title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return f"plot written to {path}"
+
+
+def default_plot_path(args: argparse.Namespace, record: dict[str, Any] | None) -> Path:
+    """Beside the run's outputs (the directory holding ``checkpoints/``) for ``--run-id``;
+    ``ess-fresh-<layer>-T<len>.png`` in the working directory for ``--fresh``."""
+    if record is not None:
+        return Path(record["best_checkpoint"]).parent.parent / f"ess-{record['run_id']}.png"
+    return Path(f"ess-fresh-{args.layer}-T{args.seq_len}.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,20 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sequences", type=int, default=1, help="sequences to average over")
     ap.add_argument("--tol", type=float, default=E.DEFAULT_TOL, help="relative tolerance")
-    ap.add_argument("--png", help="plot path (default ess-<run id or layer>.png)")
+    ap.add_argument("--plot", "--png", dest="plot", help="PNG of ESS by position (default: "
+                    "beside the run's outputs, or ess-fresh-<layer>-T<len>.png for --fresh)")
     args = ap.parse_args(argv)
     if bool(args.run_id) == args.fresh:
         ap.error("give exactly one of --run-id or --fresh")
-    if args.run_id:
-        model, tokens = _load_run(_find_record(args.results, args.run_id), args.sequences)
-    else:
-        model, tokens = _fresh(args)
+    record = _find_record(args.results, args.run_id) if args.run_id else None
+    model, tokens = _load_run(record, args.sequences) if record else _fresh(args)
     tokens = tokens[: args.sequences]
     per_layer = layer_ess(model, tokens, tol=args.tol)
     print(f"ESS (tol {args.tol:g} relative), {len(tokens)} sequence(s) of length "
           f"{tokens.shape[1]}, means over positions 1..{tokens.shape[1] - 1}:\n")
     print("\n".join(table(per_layer)))
-    print("\n" + plot(per_layer, Path(args.png or f"ess-{args.run_id or args.layer}.png")))
+    what = f"run {args.run_id}" if record else f"fresh {args.layer}"
+    print("\n" + plot(per_layer, Path(args.plot) if args.plot else default_plot_path(args, record),
+                      f"{what}, {len(tokens)} sequence(s) of length {tokens.shape[1]}"))
     return 0
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import layers
 import tasks
 from .data import TaskDataModule, split_task_config
-from .ess import ess_summary
+from .ess import ess_summary, slice_summaries
 from .module import ZooModule
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
@@ -126,6 +126,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         # ESS of the tested weights on a few test-split sequences (cheap; see zoo.ess)
         sequences = tasks.make_split(task, 8, cfg.seed, "test")[0].to(module.device)
         ess = ess_summary(module.model, sequences)
+        if dm.eval_variants:  # e.g. state_size's kv=<k> slices, each on its own inputs
+            ess["slices"] = slice_summaries(module.model, dm.eval_variants, cfg.seed)
 
     record = {
         "schema_version": 1,

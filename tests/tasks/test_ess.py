@@ -130,3 +130,17 @@ def test_subset_of_positions_and_shapes():
         E.ess(op, positions=[0])
     with pytest.raises(ValueError, match=r"\[\.\.\., T, T\]"):
         E.ess(torch.zeros(3, 4))
+
+
+def test_result_does_not_depend_on_threads_and_thread_count_is_restored():
+    op = mixer_operator("gla", T=80, batch=2)  # low rank: the randomised path runs too
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = E.ess(op)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    two = E.ess(op)
+    assert torch.get_num_threads() == before
+    assert torch.equal(one.tolerance, two.tolerance) and torch.equal(one.entropy, two.entropy)

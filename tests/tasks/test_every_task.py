@@ -29,6 +29,8 @@ SETTINGS = {
     "induction-range": {"seq_len": 33, "min_distance": 4, "max_distance": 9},
     "selective_copying": {},
     "selective_copying-small": {"seq_len": 24, "num_tokens": 5, "vocab_size": 8},
+    "state_size": {},
+    "state_size-small": {"seq_len": 24, "kv_pairs": [1, 6, 3], "vocab_size": 100},
 }
 
 

@@ -42,4 +42,5 @@ def test_unknown_suite_fails():
 def test_ess_suite_reports_time_and_agreement():
     rows = bench.bench_ess(lengths=[32], d_model=32, samples=3)
     row = next(r for r in rows if r.startswith("| 32 |"))
-    assert float(row.split("|")[3]) < 1e-6
+    assert float(row.split("|")[4]) < 1e-6
+    assert "load average" in rows[0]

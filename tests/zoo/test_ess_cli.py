@@ -35,11 +35,29 @@ def test_summary_skips_mixers_without_an_operator():
     json.dumps(out)  # goes into the run record as is
 
 
-def test_cli_fresh_prints_a_table(capsys, tmp_path):
+def test_cli_fresh_prints_a_table_and_writes_the_plot(capsys, tmp_path):
+    png = tmp_path / "sub" / "e.png"
     ess.main(["--fresh", "--layer", "linear_attn", "--d-model", "32", "--seq-len", "40",
-              "--png", str(tmp_path / "e.png")])
+              "--plot", str(png)])
     out = capsys.readouterr().out
     assert "| 0 | linear_attn | all |" in out and "| 1 | linear_attn | 3 |" in out
+    assert f"plot written to {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_cli_default_plot_path(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ess.main(["--fresh", "--layer", "gla", "--d-model", "32", "--seq-len", "24", "--n-layers", "1"])
+    assert "plot written to ess-fresh-gla-T24.png" in capsys.readouterr().out
+    assert (tmp_path / "ess-fresh-gla-T24.png").stat().st_size > 0
+    record = {"run_id": "r1", "best_checkpoint": "outputs/t/gla/day/checkpoints/best.ckpt"}
+    assert ess.default_plot_path(None, record) == tmp_path.joinpath(
+        "outputs/t/gla/day/ess-r1.png").relative_to(tmp_path)
+
+
+def test_plot_without_operator_layers_writes_nothing(tmp_path):
+    assert "no plot" in ess.plot([None, None], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_cli_missing_checkpoint_says_so(tmp_path):

@@ -105,3 +105,24 @@ def test_record_holds_the_ess_summary(make_cfg):
         assert 0 < row["tolerance"] <= dk and 0 < row["entropy"] <= dk + 1e-6
         assert row["tss"] == 4 * dk * dv
         assert row["utilisation"] == pytest.approx(4 * row["tolerance"] / row["tss"])
+
+
+def test_state_size_run_records_accuracy_and_ess_per_slice(make_cfg):
+    record = run(make_cfg("layer=gla", "task=state_size"))
+    slices = record["ess"]["slices"]
+    assert list(slices) == ["kv=2", "kv=4", "kv=8", "kv=16"]
+    layers = record["ess"]["layers"]
+    tss = sum(row["tss"] for row in layers.values())
+    assert record["ess"]["total"]["tss"] == tss
+    for name, entry in slices.items():
+        kv = int(name.split("=")[1])
+        assert 0 <= record["metrics"][f"test/acc@{name}"] <= 1
+        assert entry["kv"] == kv and entry["tss"] == tss
+        assert entry["tolerance_ess"] == pytest.approx(
+            sum(r["heads"] * r["tolerance"] for r in entry["layers"].values()))
+        assert 0 < entry["tolerance_ess"] <= 2 * 4 * 4  # 2 layers, 4 heads, head dim 4
+        assert entry["ess_per_kv"] == pytest.approx(entry["tolerance_ess"] / kv)
+        assert entry["entropy_ess_per_kv"] == pytest.approx(entry["entropy_ess"] / kv)
+        assert entry["tss_per_kv"] == pytest.approx(tss / kv)
+    # each slice is measured on its own inputs, not on one shared batch
+    assert len({entry["entropy_ess"] for entry in slices.values()}) == 4
