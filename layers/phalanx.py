@@ -14,7 +14,8 @@ Block two-pass computation (``swr``): (1) inside every block the exact recurrenc
 ``x_{c,r} += (prod_{m<=r} a_{c,m}) * x^loc_{c-1, BL-1}`` from the previous block's *local*
 terminal value (without its own carry), the products as ``exp`` of log-space cumulative sums.
 Its backward is written out (``_SWR``): the adjoint of ``L * M_jag`` is the same jagged
-recurrence run in reverse time. Streaming state per channel: ``h_loc``, ``r_pref``,
+recurrence run in reverse time. On CUDA with Triton installed (``use_kernels``), Triton
+kernels of the same two passes, forward and backward (``_phalanx_triton``). Streaming state per channel: ``h_loc``, ``r_pref``,
 ``c_prev``; each step ``h_loc <- a h_loc + u``, ``r_pref <- a r_pref``,
 ``y = h_loc + r_pref c_prev``; at a block end ``c_prev <- h_loc, h_loc <- 0, r_pref <- 1``.
 
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import fp32, pad_time
+from ._scan import fp32, kernel_module, pad_time
 from .registry import SequenceMixer, register
 
 
@@ -139,13 +140,14 @@ def jagged_operator(log_a: torch.Tensor, block: int = 16) -> torch.Tensor:
 @register("phalanx")
 class Phalanx(SequenceMixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, head_dim: int = 16,
-                 block_size: int = 16) -> None:
+                 block_size: int = 16, use_kernels: bool = True) -> None:
         super().__init__()
         if head_dim < 1 or d_model % head_dim:
             raise ValueError(f"phalanx: d_model={d_model} is not divisible by head_dim={head_dim}")
         if block_size < 1:
             raise ValueError(f"phalanx: block_size must be a positive int, got {block_size}")
         self.d_model, self.head_dim, self.block_size = d_model, head_dim, block_size
+        self.use_kernels = use_kernels
         self.num_heads, self.layer_idx = d_model // head_dim, layer_idx
         self.abc = nn.Linear(d_model, self.num_heads + 2 * d_model)  # W_a, W_b, W_c with biases
         self.v = nn.Linear(d_model, d_model, bias=False)
@@ -172,7 +174,9 @@ class Phalanx(SequenceMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_a, u, c, v = self._streams(x)
-        return self._out(swr(log_a, u, self.block_size), c, v)
+        triton_swr = kernel_module(f"{__package__}._phalanx_triton", x, self.use_kernels)
+        two_pass = swr if triton_swr is None else triton_swr.swr
+        return self._out(two_pass(log_a, u, self.block_size), c, v)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         log_a, u, c, v = self._streams(x)

@@ -2,6 +2,7 @@
 the loop references at odd and long lengths, chunk-size independence, numerics under strong
 decay and bf16 autocast, the Phalanx jagged window, and the guarded accelerated paths."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import layers
 from layers._scan import (_SelectiveScan, causal_operator, chunked_linear_attention,
                           naive_recurrence, selective_scan)
 from layers.phalanx import _SWR, jagged_operator, swr, swr_reference
-from layers.testing import assert_rel_close, rel_rms_error
+from layers.testing import assert_rel_close, assert_same_function, rel_rms_error
 
 RECURRENT = ["linear_attn", "gla", "phalanx", "mamba"]
 D = 32
@@ -295,14 +296,7 @@ def test_swr_grads_match_loop(T):
     g = torch.Generator().manual_seed(T)
     log_a = (-4 * torch.rand(2, 3, T, generator=g)).requires_grad_()
     u = torch.randn(2, T, 3, 16, generator=g).transpose(1, 2).requires_grad_()  # [2, 3, T, 16]
-    x = swr(log_a, u)
-    gx = torch.randn_like(x)
-    grads = torch.autograd.grad(x, (log_a, u), gx)
-    x_ref = swr_reference(log_a, u)
-    grads_ref = torch.autograd.grad(x_ref, (log_a, u), gx)
-    assert_rel_close(x, x_ref, 1e-5, what="output")
-    assert_rel_close(grads[0], grads_ref[0], 1e-5, what="grad of log_a")
-    assert_rel_close(grads[1], grads_ref[1], 1e-5, what="grad of u")
+    assert_same_function(swr, swr_reference, (log_a, u), 1e-5, names=("log_a", "u"))
 
 
 def test_phalanx_needs_d_model_divisible_by_16():
@@ -342,16 +336,50 @@ def test_config_file_holds_the_defaults(name):
     layers.build(name, D, **cfg)
 
 
+def run_checkout_python(code: str, **env: str) -> None:
+    """Run ``code`` in a fresh interpreter that imports this checkout's ``layers``."""
+    root = str(Path(layers.__file__).resolve().parents[1])  # the same checkout as this test's
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": path, **env})
+
+
 def test_no_accelerator_imports_on_cpu():
     code = ("import sys, torch, layers\n"
             "x = torch.randn(1, 20, 32)\n"
             "for n in ['linear_attn', 'gla', 'phalanx', 'mamba']: layers.build(n, 32)(x)\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('fla', 'mamba_ssm', 'triton')]\n"
             "assert not bad, bad\n")
-    root = str(Path(layers.__file__).resolve().parents[1])  # the same checkout as this test's
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    run_checkout_python(code)
+
+
+# Phalanx's Triton kernels against the loop: output, grads of log_a and u. T = 37 leaves a
+# ragged last block; c = 5 channels masks part of the power-of-two channel tile.
+TRITON_CHECK = """
+import torch
+from layers._phalanx_triton import swr
+from layers.phalanx import swr_reference
+from layers.testing import assert_same_function
+g = torch.Generator().manual_seed(0)
+log_a = (-3 * torch.rand(2, 3, 37, generator=g)).to(DEVICE).requires_grad_()
+u = torch.randn(2, 3, 37, 5, generator=g).to(DEVICE).requires_grad_()
+assert_same_function(swr, swr_reference, (log_a, u), 1e-5, names=("log_a", "u"))
+"""
+
+
+@pytest.mark.slow
+def test_phalanx_triton_kernel_interpreted():
+    """The kernels on CPU tensors under ``TRITON_INTERPRET=1`` (set before triton loads,
+    hence the fresh interpreter)."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (the optional gpu extra)")
+    run_checkout_python(TRITON_CHECK.replace("DEVICE", "'cpu'"), TRITON_INTERPRET="1")
+
+
+@pytest.mark.gpu
+def test_phalanx_triton_kernel_on_cuda():
+    pytest.importorskip("triton")
+    run_checkout_python(TRITON_CHECK.replace("DEVICE", "'cuda'"))
 
 
 class FakeFla:
@@ -387,15 +415,22 @@ def fake_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return y * torch.nn.functional.silu(z)
 
 
+FAKE_KERNELS = {
+    "gla": FakeFla(), "linear_attn": FakeFla(),
+    "mamba": type("ops", (), {"selective_scan_fn": staticmethod(fake_selective_scan_fn)}),
+    "phalanx": type("tri", (), {"swr": staticmethod(swr_reference)}),
+}
+
+
 @pytest.mark.parametrize("name,opts", [
     ("gla", {}), ("gla", {"gate": "scalar"}), ("linear_attn", {}),
-    ("linear_attn", {"feature_map": "elu+1", "normalize": True}), ("mamba", {})],
-    ids=["gla", "gla-scalar", "linear_attn", "linear_attn-normalize", "mamba"])
+    ("linear_attn", {"feature_map": "elu+1", "normalize": True}), ("mamba", {}),
+    ("phalanx", {})],
+    ids=["gla", "gla-scalar", "linear_attn", "linear_attn-normalize", "mamba", "phalanx"])
 def test_accelerated_path_adapters(name, opts, monkeypatch):
-    """The code around the fla / mamba-ssm calls (layouts, scale, gate and normaliser
-    handling) with those kernels replaced by CPU stand-ins of the same signature."""
-    fake = FakeFla() if name != "mamba" else type("ops", (), {
-        "selective_scan_fn": staticmethod(fake_selective_scan_fn)})
+    """The code around the fla / mamba-ssm / Triton calls (layouts, scale, gate and
+    normaliser handling) with those kernels replaced by CPU stand-ins of the same signature."""
+    fake = FAKE_KERNELS[name]
     module = sys.modules[layers.get(name).__module__]
     monkeypatch.setattr(module, "kernel_module",
                         lambda pkg, x, enabled=True: fake if enabled else None)
@@ -406,7 +441,7 @@ def test_accelerated_path_adapters(name, opts, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,package", [
-    ("linear_attn", "fla"), ("gla", "fla"), ("mamba", "mamba_ssm")])
+    ("linear_attn", "fla"), ("gla", "fla"), ("mamba", "mamba_ssm"), ("phalanx", "triton")])
 def test_accelerated_path_matches_pure_torch(name, package):
     pytest.importorskip(package)
     m = make(name).cuda()
@@ -421,5 +456,5 @@ def test_accelerated_path_matches_pure_torch(name, package):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", RECURRENT)
 def test_pure_torch_paths_on_cuda(name):
-    m = make(name, use_kernels=False) if name != "phalanx" else make(name)
+    m = make(name, use_kernels=False)
     check_against_reference(m.cuda(), inputs(100, B=2).cuda())
