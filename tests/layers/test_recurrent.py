@@ -85,26 +85,48 @@ def test_chunk_size_independent(name):
         assert_rel_close(y, ys[64], 1e-5, what=f"{name} chunk_size={c} vs 64")
 
 
-@pytest.mark.parametrize("gate,factorise_below", [
-    ("none", 60.0), ("scalar", 60.0), ("vector", 60.0), ("vector", 0.0)],
-    ids=["none", "scalar", "vector-factorised", "vector-two-level"])
-def test_kernel_matches_loop_and_final_state(gate, factorise_below):
-    """All intra-chunk paths; the vector gate's log decays (-1 a step on average) total about
-    -32 +- 3 over a 32-token chunk, above -60, so it can take either."""
-    g = torch.Generator().manual_seed(0)
-    B, H, T, dk, dv = 2, 3, 150, 8, 5
+def kernel_inputs(gate: str, T: int = 150, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """q, k ``[2, 3, T, 8]``, v ``[2, 3, T, 5]``, log decays (None, scalar or vector) and an
+    initial state."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, dk, dv = 2, 3, 8, 5
     q, k = torch.randn(B, H, T, dk, generator=g), torch.randn(B, H, T, dk, generator=g)
     v = torch.randn(B, H, T, dv, generator=g)
     width = {"none": 0, "scalar": 1, "vector": dk}[gate]
     log_g = -2 * torch.rand(B, H, T, width, generator=g) if width else None
-    S0 = torch.randn(B, H, dk, dv, generator=g)
+    return q, k, v, log_g, torch.randn(B, H, dk, dv, generator=g)
+
+
+@pytest.mark.parametrize("segment", [2048, 40], ids=["one-segment", "segments"])
+@pytest.mark.parametrize("gate,factorise_below", [
+    ("none", 60.0), ("scalar", 60.0), ("vector", 60.0), ("vector", 0.0)],
+    ids=["none", "scalar", "vector-factorised", "vector-two-level"])
+def test_kernel_matches_loop_and_final_state(gate, factorise_below, segment):
+    """All intra-chunk paths; the vector gate's log decays (-1 a step on average) total about
+    -32 +- 3 over a 32-token chunk, above -60, so it can take either. ``segment=40`` runs
+    150 tokens as segments of 32, 32, 32, 32, 22 with the state carried."""
+    q, k, v, log_g, S0 = kernel_inputs(gate)
     o_ref, S_ref = naive_recurrence(q, k, v, log_g, initial_state=S0)
     o, S = chunked_linear_attention(q, k, v, log_g, chunk_size=32, initial_state=S0,
-                                    factorise_below=factorise_below)
+                                    factorise_below=factorise_below, segment=segment)
     assert_rel_close(o, o_ref, 1e-5, what="output")
     assert_rel_close(S, S_ref, 1e-5, what="final state")
     op = causal_operator(q, k, log_g, chunk_size=32)
     assert_rel_close(op @ v, naive_recurrence(q, k, v, log_g)[0], 1e-5, what="operator")
+
+
+@pytest.mark.parametrize("gate", ["none", "vector"])
+def test_kernel_grads_across_segments(gate):
+    """Grads of q, k, v, the log decays and the initial state through segment boundaries."""
+    inputs_ = [t.requires_grad_() for t in kernel_inputs(gate, T=100) if t is not None]
+    def kernel(fn, **opts):
+        def run(q, k, v, *rest):
+            log_g, S0 = (None, *rest) if gate == "none" else rest
+            o, S = fn(q, k, v, log_g, initial_state=S0, **opts)
+            return torch.cat([o.flatten(), S.flatten()])
+        return run
+    fast = kernel(chunked_linear_attention, chunk_size=16, segment=32)
+    assert_same_function(fast, kernel(naive_recurrence), inputs_, 1e-5)
 
 
 def s6_inputs(B: int, T: int, Di: int, N: int, dtype: torch.dtype = torch.float32,
