@@ -216,10 +216,12 @@ def _strong_decay(name: str, m: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-@pytest.mark.parametrize("name", ["gla", "phalanx", "mamba"])
+@pytest.mark.parametrize("name", RECURRENT)
 def test_strong_decay(name):
+    """The fast paths over 16384 tokens with gates near 0: finite outputs and grads (nothing
+    overflows or underflows into inf/nan), and still equal to the loop on a short input."""
     m = _strong_decay(name, make(name, d_model=16))
-    x = inputs(4096, d_model=16).requires_grad_()
+    x = inputs(16384, d_model=16).requires_grad_()
     y = m(x)
     y.square().mean().backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
