@@ -9,10 +9,13 @@ window aligned to blocks of ``BL = 16`` tokens:
 so token ``i`` sees its own block so far and the whole previous block: the
 ``(i mod BL) + 1 + BL`` most recent tokens (17 to 32; fewer in the first block).
 
-Block two-pass computation (``swr``): (1) inside every block the exact recurrence from zero,
-as a ``BL x BL`` lower-triangular matrix of log-space cumulative products; (2) the carry
+Block two-pass computation (``swr``): (1) inside every block the exact recurrence from zero
+(``BL`` steps, each over all blocks at once); (2) the carry
 ``x_{c,r} += (prod_{m<=r} a_{c,m}) * x^loc_{c-1, BL-1}`` from the previous block's *local*
-terminal value (without its own carry). Streaming state per channel: ``h_loc``, ``r_pref``,
+terminal value (without its own carry), the products as ``exp`` of log-space cumulative sums.
+Its backward is written out (``_SWR``): the adjoint of ``L * M_jag`` is the same jagged
+recurrence run in reverse time. On CUDA with Triton installed (``use_kernels``), Triton
+kernels of the same two passes, forward and backward (``_phalanx_triton``). Streaming state per channel: ``h_loc``, ``r_pref``,
 ``c_prev``; each step ``h_loc <- a h_loc + u``, ``r_pref <- a r_pref``,
 ``y = h_loc + r_pref c_prev``; at a block end ``c_prev <- h_loc, h_loc <- 0, r_pref <- 1``.
 
@@ -37,22 +40,74 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import decay_matrix, fp32, pad_time
+from ._scan import fp32, kernel_module, pad_time
 from .registry import SequenceMixer, register
 
 
+class _SWR(torch.autograd.Function):
+    """Block two-pass SWR on whole blocks: la ``[..., NB, BL]`` log decays, u
+    ``[..., NB, BL, c]`` -> x ``[..., NB, BL, c]`` (fp32).
+
+    Forward: pass 1 runs the recurrence ``loc_r = a_r loc_{r-1} + u_r`` from zero inside every
+    block, one step of ``BL`` for all blocks at once; pass 2 adds the carry
+    ``P_r e_{c-1}`` with ``P_r = exp(cs_r)`` (``cs`` the in-block cumulative log decay) and
+    ``e_{c-1}`` the previous block's local end. Saves x, the ends e and la: no ``[BL, BL]``
+    matrices, nothing else of x's size.
+
+    Backward: the adjoint of ``L * M_jag`` is the same jagged recurrence in reverse time:
+    ``zc`` = the in-block reverse scan of gx (``zc_r = gx_r + a_{r+1} zc_{r+1}``), then
+    ``grad_u = z = zc + Q_r inj_c`` with ``Q_r = exp(cs_end - cs_r)`` and the injection
+    ``inj_c = a_{c+1,0} zc_{c+1,0}`` from the next block. Every log decay feeds both chains:
+    ``dL/dla_r = sum_ch [a_r loc_{r-1} z_r + carry_r zc_r]``, which with ``carry_r = P_r e``
+    and ``P_r Q_r = Gamma = exp(cs_end)`` becomes
+    ``a_r sum_ch x_{r-1} z_r - Gamma sum_ch e_{c-1} inj_c`` (``x_{-1} := e_{c-1}``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, la: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        BL = la.shape[-1]
+        a, cs = la.exp(), la.cumsum(-1)  # [..., NB, BL]
+        x = torch.empty(u.shape, dtype=u.dtype, device=u.device)  # [..., NB, BL, c]
+        x[..., 0, :] = u[..., 0, :]
+        for r in range(1, BL):  # pass 1: all blocks' local recurrences, one step at a time
+            torch.addcmul(u[..., r, :], a[..., r, None], x[..., r - 1, :], out=x[..., r, :])
+        e = F.pad(x[..., :-1, -1, :], (0, 0, 1, 0))  # [..., NB, c] e_{c-1}, zero for block 0
+        x.addcmul_(cs.exp()[..., None], e[..., None, :])  # pass 2: the carry
+        ctx.save_for_backward(la, x, e)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, gx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        la, x, e = ctx.saved_tensors
+        BL = la.shape[-1]
+        a, cs = la.exp(), la.cumsum(-1)  # [..., NB, BL]
+        z = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # [..., NB, BL, c]
+        z[..., -1, :] = gx[..., -1, :]
+        for r in range(BL - 2, -1, -1):  # zc: the in-block reverse scan
+            torch.addcmul(gx[..., r, :], a[..., r + 1, None], z[..., r + 1, :], out=z[..., r, :])
+        inj = F.pad(a[..., 1:, 0, None] * z[..., 1:, 0, :], (0, 0, 0, 1))  # [..., NB, c]
+        gla = None
+        if ctx.needs_input_grad[0]:
+            gamma = cs[..., -1].exp()  # [..., NB]
+            # r = 0 before z is final: the carry term, sum_ch e zc_0 (Q_0 inj cancels -Gamma)
+            gla = torch.empty_like(la)
+            gla[..., 0] = a[..., 0] * torch.linalg.vecdot(e, z[..., 0, :])
+        z.addcmul_((cs[..., -1:] - cs).exp()[..., None], inj[..., None, :])  # z = zc + Q inj
+        if gla is not None:
+            gla[..., 1:] = a[..., 1:] * torch.linalg.vecdot(x[..., :-1, :], z[..., 1:, :])
+            gla[..., 1:] -= (gamma * torch.linalg.vecdot(e, inj))[..., None]
+        return gla, z
+
+
 def swr(log_a: torch.Tensor, u: torch.Tensor, block: int = 16) -> torch.Tensor:
-    """Block two-pass SWR. log_a ``[..., T]`` (one decay per row of channels), u ``[..., T, c]``
-    -> x ``[..., T, c]`` in fp32."""
+    """Block two-pass SWR (``_SWR``). log_a ``[..., T]`` (one decay per row of channels),
+    u ``[..., T, c]`` -> x ``[..., T, c]`` in fp32."""
     with fp32(u):
         T = u.shape[-2]
         la = pad_time(log_a.float(), block, dim=-1).unflatten(-1, (-1, block))  # [..., NB, BL]
         ub = pad_time(u.float(), block).unflatten(-2, (-1, block))  # [..., NB, BL, c]
-        cs = la.cumsum(-1)  # [..., NB, BL] log prod a from the block start
-        local = decay_matrix(cs) @ ub  # [..., NB, BL, c] pass 1: exact, from zero
-        prev_end = F.pad(local[..., :-1, -1, :], (0, 0, 1, 0))  # [..., NB, c] zero for block 0
-        x = local + cs.exp()[..., None] * prev_end[..., None, :]  # pass 2: the carry
-        return x.flatten(-3, -2)[..., :T, :]
+        x = _SWR.apply(la, ub).flatten(-3, -2)  # [..., T (padded), c]
+        return x if x.shape[-2] == T else x[..., :T, :]
 
 
 def swr_reference(log_a: torch.Tensor, u: torch.Tensor, block: int = 16) -> torch.Tensor:
@@ -85,13 +140,14 @@ def jagged_operator(log_a: torch.Tensor, block: int = 16) -> torch.Tensor:
 @register("phalanx")
 class Phalanx(SequenceMixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, head_dim: int = 16,
-                 block_size: int = 16) -> None:
+                 block_size: int = 16, use_kernels: bool = True) -> None:
         super().__init__()
         if head_dim < 1 or d_model % head_dim:
             raise ValueError(f"phalanx: d_model={d_model} is not divisible by head_dim={head_dim}")
         if block_size < 1:
             raise ValueError(f"phalanx: block_size must be a positive int, got {block_size}")
         self.d_model, self.head_dim, self.block_size = d_model, head_dim, block_size
+        self.use_kernels = use_kernels
         self.num_heads, self.layer_idx = d_model // head_dim, layer_idx
         self.abc = nn.Linear(d_model, self.num_heads + 2 * d_model)  # W_a, W_b, W_c with biases
         self.v = nn.Linear(d_model, d_model, bias=False)
@@ -118,7 +174,9 @@ class Phalanx(SequenceMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_a, u, c, v = self._streams(x)
-        return self._out(swr(log_a, u, self.block_size), c, v)
+        triton_swr = kernel_module(f"{__package__}._phalanx_triton", x, self.use_kernels)
+        two_pass = swr if triton_swr is None else triton_swr.swr
+        return self._out(two_pass(log_a, u, self.block_size), c, v)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         log_a, u, c, v = self._streams(x)

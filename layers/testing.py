@@ -3,6 +3,8 @@ adding a mixer): relative RMS error rather than element-wise allclose."""
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 
 
@@ -23,3 +25,19 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 
     err = rel_rms_error(actual, expected)
     if not err <= tol:  # also catches NaN
         raise AssertionError(f"{what}: relative RMS error {err:.3e} > {tol:.1e}")
+
+
+def assert_same_function(fast: Callable[..., torch.Tensor], reference: Callable[..., torch.Tensor],
+                         inputs: Sequence[torch.Tensor], tol: float = 5e-3,
+                         names: Sequence[str] = ()) -> None:
+    """``fast(*inputs)`` against ``reference(*inputs)``: the outputs, and the grads of every
+    input under one random cotangent (inputs must require grad)."""
+    y = fast(*inputs)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)
+    grads = torch.autograd.grad(y, inputs, gy)
+    y_ref = reference(*inputs)
+    grads_ref = torch.autograd.grad(y_ref, inputs, gy)
+    assert_rel_close(y, y_ref, tol, what="output")
+    names = list(names) or [f"input {i}" for i in range(len(inputs))]
+    for name, a, b in zip(names, grads, grads_ref):
+        assert_rel_close(a, b, tol, what=f"grad of {name}")

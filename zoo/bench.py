@@ -112,6 +112,48 @@ def _measure(module: torch.nn.Module, d_model: int, batch: int, T: int, repeats:
     return best_of(step, repeats), peak
 
 
+def _kernel_pair(module: torch.nn.Module, batch: int, T: int, device: torch.device
+                 ) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor],
+                            list[torch.Tensor]] | None:
+    """The recurrence kernel of ``module`` on its own: (fast, loop reference, random inputs
+    of the layer's shapes at ``[batch, T]``) for gla and phalanx, else None. It isolates the
+    speed-up of the chunked / block two-pass form from the projections around it."""
+    from layers import _scan, phalanx
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device).requires_grad_()
+
+    if isinstance(module, layers.GatedLinearAttention):
+        H, dk, dv = module.num_heads, module.dk, module.dv
+        gates = dk if module.gate == "vector" else 1
+        log_g = (torch.nn.functional.logsigmoid(torch.randn(batch, H, T, gates, generator=g))
+                 / module.gate_logit_normalizer).to(device).requires_grad_()
+        inputs = [rand(batch, H, T, dk), rand(batch, H, T, dk), rand(batch, H, T, dv), log_g]
+        return (lambda *a: _scan.chunked_linear_attention(*a, chunk_size=module.chunk_size)[0],
+                lambda *a: _scan.naive_recurrence(*a)[0], inputs)
+    if isinstance(module, layers.Phalanx):
+        H, hd, BL = module.num_heads, module.head_dim, module.block_size
+        log_a = torch.nn.functional.logsigmoid(torch.randn(batch, H, T, generator=g))
+        inputs = [log_a.to(device).requires_grad_(), rand(batch, H, T, hd)]
+        return (lambda *a: phalanx.swr(*a, BL), lambda *a: phalanx.swr_reference(*a, BL), inputs)
+    return None
+
+
+def _time_kernel(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor],
+                 repeats: int) -> float:
+    """Best wall seconds of ``fn(*inputs)`` forward+backward, after a warm-up."""
+    grad = torch.randn_like(fn(*inputs))
+
+    def run() -> None:
+        torch.autograd.grad(fn(*inputs), inputs, grad)
+        if grad.is_cuda:
+            torch.cuda.synchronize(grad.device)
+    run()
+    return best_of(run, repeats)
+
+
 def _memory_limit(device: torch.device) -> int:
     """Half the machine's RAM (or the GPU's memory): lengths predicted to need more are skipped
     rather than left to the out-of-memory killer."""
@@ -133,6 +175,7 @@ def bench_mixers(lengths: Sequence[int] = (256, 1024, 4096, 16384), d_model: int
     rows = [f"d_model={d_model}, batch={batch}, default options, best of {repeats}; "
             f"skip beyond {budget:g} s/step or {limit / 2**30:.0f} GiB (linear extrapolation).", "",
             "| mixer | T | tokens/s (fwd+bwd) | ms / step | peak MiB |", "|---|---|---|---|---|"]
+    times: dict[str, dict[int, float]] = {}
     for name in names or layers.names():
         torch.manual_seed(0)
         module = layers.build(name, d_model).to(dev)
@@ -152,20 +195,47 @@ def bench_mixers(lengths: Sequence[int] = (256, 1024, 4096, 16384), d_model: int
                 last = (T, float("inf"), None)
                 continue
             last = (T, secs, peak)
+            times.setdefault(name, {})[T] = secs
             rows.append(f"| {name} | {T:,} | {batch * T / secs:,.0f} | {secs * 1e3:,.1f} "
                         f"| {'n/a' if peak is None else f'{peak / MIB:,.1f}'} |")
+    rows += _scaling_rows(times)
     if naive:
-        rows += ["", "Loop reference (fp32, the tests' oracle) against the fast path, fwd+bwd:",
-                 "", "| mixer | T | reference tokens/s | fast tokens/s | speed-up |",
-                 "|---|---|---|---|---|"]
+        rows += ["", "Loop reference (fp32, the tests' oracle) against the fast path, fwd+bwd: "
+                 "the whole layer, and its recurrence kernel alone on the layer's shapes "
+                 "(gla: `chunked_linear_attention` vs `naive_recurrence`; phalanx: `swr` vs "
+                 "`swr_reference`).", "",
+                 "| mixer | T | part | reference ms | fast ms | speed-up |",
+                 "|---|---|---|---|---|---|"]
     for spec in naive:
         name, T = spec.split(":")[0], int(spec.split(":")[1])
         torch.manual_seed(0)
         module = layers.build(name, d_model).to(dev)
         ref, _ = _measure(module, d_model, batch, T, 1, False, dev, reference=True)
         fast, _ = _measure(module, d_model, batch, T, repeats, False, dev)
-        rows.append(f"| {name} | {T:,} | {batch * T / ref:,.0f} | {batch * T / fast:,.0f} "
-                    f"| {ref / fast:,.1f}x |")
+        pairs = [("layer", ref, fast)]
+        kernel = _kernel_pair(module, batch, T, dev)
+        if kernel is not None:
+            fast_fn, ref_fn, inputs = kernel
+            pairs.append(("kernel", _time_kernel(ref_fn, inputs, 1),
+                          _time_kernel(fast_fn, inputs, repeats)))
+        rows += [f"| {name} | {T:,} | {part} | {r * 1e3:,.1f} | {f * 1e3:,.1f} | {r / f:,.1f}x |"
+                 for part, r, f in pairs]
+    return rows
+
+
+def _scaling_rows(times: dict[str, dict[int, float]], base: int = 1024) -> list[str]:
+    """time(T) / time(base) for every mixer measured at ``base`` and a longer T: about
+    T / base for a linear-time mixer, (T / base)^2 for a quadratic one."""
+    longer = sorted({T for by_T in times.values() for T in by_T if T > base})
+    if not longer or not any(base in by_T for by_T in times.values()):
+        return []
+    rows = ["", f"Scaling: time(T) / time({base:,}) (linear: T / {base:,}).", "",
+            "| mixer | " + " | ".join(f"{T:,}" for T in longer) + " |",
+            "|---|" + "---|" * len(longer)]
+    for name, by_T in times.items():
+        if base in by_T:
+            cells = [f"{by_T[T] / by_T[base]:,.1f}" if T in by_T else "" for T in longer]
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
 

@@ -2,6 +2,7 @@
 the loop references at odd and long lengths, chunk-size independence, numerics under strong
 decay and bf16 autocast, the Phalanx jagged window, and the guarded accelerated paths."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from omegaconf import OmegaConf
 import layers
 from layers._scan import (_SelectiveScan, causal_operator, chunked_linear_attention,
                           naive_recurrence, selective_scan)
-from layers.phalanx import jagged_operator, swr, swr_reference
-from layers.testing import assert_rel_close, rel_rms_error
+from layers.phalanx import _SWR, jagged_operator, swr, swr_reference
+from layers.testing import assert_rel_close, assert_same_function, rel_rms_error
 
 RECURRENT = ["linear_attn", "gla", "phalanx", "mamba"]
 D = 32
@@ -84,26 +85,48 @@ def test_chunk_size_independent(name):
         assert_rel_close(y, ys[64], 1e-5, what=f"{name} chunk_size={c} vs 64")
 
 
-@pytest.mark.parametrize("gate,factorise_below", [
-    ("none", 60.0), ("scalar", 60.0), ("vector", 60.0), ("vector", 0.0)],
-    ids=["none", "scalar", "vector-factorised", "vector-two-level"])
-def test_kernel_matches_loop_and_final_state(gate, factorise_below):
-    """All intra-chunk paths; the vector gate's log decays (-1 a step on average) total about
-    -32 +- 3 over a 32-token chunk, above -60, so it can take either."""
-    g = torch.Generator().manual_seed(0)
-    B, H, T, dk, dv = 2, 3, 150, 8, 5
+def kernel_inputs(gate: str, T: int = 150, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """q, k ``[2, 3, T, 8]``, v ``[2, 3, T, 5]``, log decays (None, scalar or vector) and an
+    initial state."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, dk, dv = 2, 3, 8, 5
     q, k = torch.randn(B, H, T, dk, generator=g), torch.randn(B, H, T, dk, generator=g)
     v = torch.randn(B, H, T, dv, generator=g)
     width = {"none": 0, "scalar": 1, "vector": dk}[gate]
     log_g = -2 * torch.rand(B, H, T, width, generator=g) if width else None
-    S0 = torch.randn(B, H, dk, dv, generator=g)
+    return q, k, v, log_g, torch.randn(B, H, dk, dv, generator=g)
+
+
+@pytest.mark.parametrize("segment", [2048, 40], ids=["one-segment", "segments"])
+@pytest.mark.parametrize("gate,factorise_below", [
+    ("none", 60.0), ("scalar", 60.0), ("vector", 60.0), ("vector", 0.0)],
+    ids=["none", "scalar", "vector-factorised", "vector-two-level"])
+def test_kernel_matches_loop_and_final_state(gate, factorise_below, segment):
+    """All intra-chunk paths; the vector gate's log decays (-1 a step on average) total about
+    -32 +- 3 over a 32-token chunk, above -60, so it can take either. ``segment=40`` runs
+    150 tokens as segments of 32, 32, 32, 32, 22 with the state carried."""
+    q, k, v, log_g, S0 = kernel_inputs(gate)
     o_ref, S_ref = naive_recurrence(q, k, v, log_g, initial_state=S0)
     o, S = chunked_linear_attention(q, k, v, log_g, chunk_size=32, initial_state=S0,
-                                    factorise_below=factorise_below)
+                                    factorise_below=factorise_below, segment=segment)
     assert_rel_close(o, o_ref, 1e-5, what="output")
     assert_rel_close(S, S_ref, 1e-5, what="final state")
     op = causal_operator(q, k, log_g, chunk_size=32)
     assert_rel_close(op @ v, naive_recurrence(q, k, v, log_g)[0], 1e-5, what="operator")
+
+
+@pytest.mark.parametrize("gate", ["none", "vector"])
+def test_kernel_grads_across_segments(gate):
+    """Grads of q, k, v, the log decays and the initial state through segment boundaries."""
+    inputs_ = [t.requires_grad_() for t in kernel_inputs(gate, T=100) if t is not None]
+    def kernel(fn, **opts):
+        def run(q, k, v, *rest):
+            log_g, S0 = (None, *rest) if gate == "none" else rest
+            o, S = fn(q, k, v, log_g, initial_state=S0, **opts)
+            return torch.cat([o.flatten(), S.flatten()])
+        return run
+    fast = kernel(chunked_linear_attention, chunk_size=16, segment=32)
+    assert_same_function(fast, kernel(naive_recurrence), inputs_, 1e-5)
 
 
 def s6_inputs(B: int, T: int, Di: int, N: int, dtype: torch.dtype = torch.float32,
@@ -193,10 +216,12 @@ def _strong_decay(name: str, m: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-@pytest.mark.parametrize("name", ["gla", "phalanx", "mamba"])
+@pytest.mark.parametrize("name", RECURRENT)
 def test_strong_decay(name):
+    """The fast paths over 16384 tokens with gates near 0: finite outputs and grads (nothing
+    overflows or underflows into inf/nan), and still equal to the loop on a short input."""
     m = _strong_decay(name, make(name, d_model=16))
-    x = inputs(4096, d_model=16).requires_grad_()
+    x = inputs(16384, d_model=16).requires_grad_()
     y = m(x)
     y.square().mean().backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
@@ -279,6 +304,25 @@ def test_phalanx_two_pass_equals_exact_form(T):
     assert_rel_close(swr_reference(log_a, u), exact, 1e-5, what="loop vs exact")
 
 
+def test_swr_backward_gradcheck():
+    """The closed-form backward of ``_SWR`` (grads of the log decays and of u) in float64,
+    over three blocks of 4 so the carry and the injection from the next block both count."""
+    g = torch.Generator().manual_seed(0)
+    la = (-3 * torch.rand(1, 2, 3, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    u = torch.randn(1, 2, 3, 4, 3, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(_SWR.apply, (la, u))
+
+
+@pytest.mark.parametrize("T", [63, 100, 1000])
+def test_swr_grads_match_loop(T):
+    """Output and the grads of log_a and u of the two-pass against the loop's autograd, on
+    a layer-like layout (u a transposed view) with a ragged last block."""
+    g = torch.Generator().manual_seed(T)
+    log_a = (-4 * torch.rand(2, 3, T, generator=g)).requires_grad_()
+    u = torch.randn(2, T, 3, 16, generator=g).transpose(1, 2).requires_grad_()  # [2, 3, T, 16]
+    assert_same_function(swr, swr_reference, (log_a, u), 1e-5, names=("log_a", "u"))
+
+
 def test_phalanx_needs_d_model_divisible_by_16():
     with pytest.raises(ValueError, match="d_model=40"):
         layers.build("phalanx", 40)
@@ -316,16 +360,50 @@ def test_config_file_holds_the_defaults(name):
     layers.build(name, D, **cfg)
 
 
+def run_checkout_python(code: str, **env: str) -> None:
+    """Run ``code`` in a fresh interpreter that imports this checkout's ``layers``."""
+    root = str(Path(layers.__file__).resolve().parents[1])  # the same checkout as this test's
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": path, **env})
+
+
 def test_no_accelerator_imports_on_cpu():
     code = ("import sys, torch, layers\n"
             "x = torch.randn(1, 20, 32)\n"
             "for n in ['linear_attn', 'gla', 'phalanx', 'mamba']: layers.build(n, 32)(x)\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('fla', 'mamba_ssm', 'triton')]\n"
             "assert not bad, bad\n")
-    root = str(Path(layers.__file__).resolve().parents[1])  # the same checkout as this test's
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    run_checkout_python(code)
+
+
+# Phalanx's Triton kernels against the loop: output, grads of log_a and u. T = 37 leaves a
+# ragged last block; c = 5 channels masks part of the power-of-two channel tile.
+TRITON_CHECK = """
+import torch
+from layers._phalanx_triton import swr
+from layers.phalanx import swr_reference
+from layers.testing import assert_same_function
+g = torch.Generator().manual_seed(0)
+log_a = (-3 * torch.rand(2, 3, 37, generator=g)).to(DEVICE).requires_grad_()
+u = torch.randn(2, 3, 37, 5, generator=g).to(DEVICE).requires_grad_()
+assert_same_function(swr, swr_reference, (log_a, u), 1e-5, names=("log_a", "u"))
+"""
+
+
+@pytest.mark.slow
+def test_phalanx_triton_kernel_interpreted():
+    """The kernels on CPU tensors under ``TRITON_INTERPRET=1`` (set before triton loads,
+    hence the fresh interpreter)."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (the optional gpu extra)")
+    run_checkout_python(TRITON_CHECK.replace("DEVICE", "'cpu'"), TRITON_INTERPRET="1")
+
+
+@pytest.mark.gpu
+def test_phalanx_triton_kernel_on_cuda():
+    pytest.importorskip("triton")
+    run_checkout_python(TRITON_CHECK.replace("DEVICE", "'cuda'"))
 
 
 class FakeFla:
@@ -361,15 +439,22 @@ def fake_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return y * torch.nn.functional.silu(z)
 
 
+FAKE_KERNELS = {
+    "gla": FakeFla(), "linear_attn": FakeFla(),
+    "mamba": type("ops", (), {"selective_scan_fn": staticmethod(fake_selective_scan_fn)}),
+    "phalanx": type("tri", (), {"swr": staticmethod(swr_reference)}),
+}
+
+
 @pytest.mark.parametrize("name,opts", [
     ("gla", {}), ("gla", {"gate": "scalar"}), ("linear_attn", {}),
-    ("linear_attn", {"feature_map": "elu+1", "normalize": True}), ("mamba", {})],
-    ids=["gla", "gla-scalar", "linear_attn", "linear_attn-normalize", "mamba"])
+    ("linear_attn", {"feature_map": "elu+1", "normalize": True}), ("mamba", {}),
+    ("phalanx", {})],
+    ids=["gla", "gla-scalar", "linear_attn", "linear_attn-normalize", "mamba", "phalanx"])
 def test_accelerated_path_adapters(name, opts, monkeypatch):
-    """The code around the fla / mamba-ssm calls (layouts, scale, gate and normaliser
-    handling) with those kernels replaced by CPU stand-ins of the same signature."""
-    fake = FakeFla() if name != "mamba" else type("ops", (), {
-        "selective_scan_fn": staticmethod(fake_selective_scan_fn)})
+    """The code around the fla / mamba-ssm / Triton calls (layouts, scale, gate and
+    normaliser handling) with those kernels replaced by CPU stand-ins of the same signature."""
+    fake = FAKE_KERNELS[name]
     module = sys.modules[layers.get(name).__module__]
     monkeypatch.setattr(module, "kernel_module",
                         lambda pkg, x, enabled=True: fake if enabled else None)
@@ -380,7 +465,7 @@ def test_accelerated_path_adapters(name, opts, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,package", [
-    ("linear_attn", "fla"), ("gla", "fla"), ("mamba", "mamba_ssm")])
+    ("linear_attn", "fla"), ("gla", "fla"), ("mamba", "mamba_ssm"), ("phalanx", "triton")])
 def test_accelerated_path_matches_pure_torch(name, package):
     pytest.importorskip(package)
     m = make(name).cuda()
@@ -395,5 +480,5 @@ def test_accelerated_path_matches_pure_torch(name, package):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", RECURRENT)
 def test_pure_torch_paths_on_cuda(name):
-    m = make(name, use_kernels=False) if name != "phalanx" else make(name)
+    m = make(name, use_kernels=False)
     check_against_reference(m.cuda(), inputs(100, B=2).cuda())

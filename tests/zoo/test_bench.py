@@ -9,7 +9,16 @@ def test_mixers_suite_runs_tiny(capsys):
                 "--repeats", "1", "--names", "gla", "phalanx", "--naive", "gla:16"])
     out = capsys.readouterr().out
     assert "| gla | 32 |" in out and "| phalanx | 16 |" in out
-    assert "| gla | 16 |" in out.split("Loop reference")[1]
+    naive = out.split("Loop reference")[1]
+    assert "| gla | 16 | layer |" in naive and "| gla | 16 | kernel |" in naive
+
+
+def test_scaling_rows_divide_by_the_base_length():
+    rows = bench._scaling_rows({"lin": {1024: 0.5, 4096: 2.0, 16384: 8.0},
+                                "quad": {1024: 1.0, 4096: 16.0}, "short": {256: 1.0}})
+    assert "| lin | 4.0 | 16.0 |" in rows and "| quad | 16.0 |  |" in rows
+    assert not any(r.startswith("| short") for r in rows)
+    assert bench._scaling_rows({"short": {256: 1.0}}) == []
 
 
 def test_mixers_suite_skips_lengths_over_budget():
