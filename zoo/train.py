@@ -42,12 +42,12 @@ def model_kwargs(cfg: DictConfig | dict[str, Any], vocab_size: int) -> dict[str,
     return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}
 
 
-def _callbacks(cfg: DictConfig, out_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
-    es = cfg.early_stopping
-    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=es.monitor, mode=es.mode,
-                           save_top_k=1, filename="best", save_last=False)
+def _callbacks(cfg: DictConfig, es: dict[str, Any],
+               out_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=es["monitor"],
+                           mode=es["mode"], save_top_k=1, filename="best", save_last=False)
     cbs: list[Callback] = [
-        EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience,
+        EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"],
                       stopping_threshold=es.get("stopping_threshold"), check_finite=True),
         ckpt,
     ]
@@ -69,11 +69,14 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     mkw = model_kwargs(cfg_dict, task.vocab_size)
     ZooModule(mkw, cfg_dict["optim"])  # builds the model once to check its options
     dm = TaskDataModule(task, seed=cfg.seed, **sizes)
+    es = cfg_dict["early_stopping"]
+    if not es["monitor"]:  # the task's own selection metric, recorded as resolved
+        es["monitor"], es["mode"] = f"val/{task.monitor[0]}", task.monitor[1]
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names)
+    module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names, metrics=task.metrics)
     out_dir = Path(cfg.out_dir)
-    cbs, ckpt = _callbacks(cfg, out_dir)
+    cbs, ckpt = _callbacks(cfg, es, out_dir)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(**cfg_dict["trainer"], callbacks=[*cbs, *callbacks], logger=logger,
                         default_root_dir=str(out_dir))
@@ -115,8 +118,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         path = write_record(cfg.results_dir, record)
-        log.info("%s run %s: test acc %s, record %s", status, record["run_id"],
-                 record["metrics"].get("test/acc"), path)
+        headline = f"test/{task.metrics[0]}"
+        log.info("%s run %s: %s %s, record %s", status, record["run_id"], headline,
+                 record["metrics"].get(headline), path)
     return record
 
 

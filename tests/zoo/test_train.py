@@ -31,6 +31,10 @@ def test_tiny_run_writes_a_valid_record(make_cfg, tmp_path):
     assert on_disk["state_size"] == 2 * 2 * 32 * 64  # 2 layers of KV cache at T=64, D=32
     assert on_disk["config"]["layer"]["name"] == "attention"
     assert on_disk["leakage"] == {"val": 0, "test": 0}
+    es = on_disk["config"]["early_stopping"]  # resolved from the task: as records always said
+    assert (es["monitor"], es["mode"]) == ("val/acc", "max")
+    assert set(m) == {f"{s}/{k}" for s in ("val", "test") for k in ("acc", "exact_match", "loss")} \
+        | {f"test/{k}@len=64" for k in ("acc", "exact_match", "loss")}
     assert on_disk["packages"]["torch"] == torch.__version__.split("+")[0] or on_disk["packages"]["torch"]
     assert not list((tmp_path / "results").rglob("*.tmp")), "temp files left behind"
     records, problems = load_records(tmp_path / "results")
