@@ -71,7 +71,7 @@ class Corpus:
 class LanguageModel(Task):
     metrics: ClassVar[tuple[str, ...]] = ("ppl", "loss", "acc")
     monitor: ClassVar[tuple[str, str]] = ("ppl", "min")
-    seq_len: int = 128
+    seq_len: int = 64
     vocab_size: int = 2048
     data_files: str | tuple[str, ...] | None = None
     max_files: int | None = 200
