@@ -109,3 +109,14 @@ def test_record_holds_the_ess_summary(make_cfg):
         assert 0 < row["tolerance"] <= dk and 0 < row["entropy"] <= dk + 1e-6
         assert row["tss"] == 4 * dk * dv
         assert row["utilisation"] == pytest.approx(4 * row["tolerance"] / row["tss"])
+
+
+def test_every_test_slice_lands_in_the_record(make_cfg, tmp_path):
+    """Per length and per variant: each metric the task reports, for each test set, in the
+    record on disk (and the trained length's also unsuffixed)."""
+    run(make_cfg("task=induction", "task.distances=[16]", "task.eval_lengths=[64,128]"))
+    m = json.loads(records_in(tmp_path / "results")[0].read_text())["metrics"]
+    reported = ("acc", "exact_match", "loss")
+    slices = {f"test/{k}@{v}" for k in reported for v in ("len=64", "len=128", "ood")}
+    assert set(m) == slices | {f"{s}/{k}" for s in ("val", "test") for k in reported}
+    assert m["test/acc"] == m["test/acc@len=64"]
