@@ -6,7 +6,8 @@
 """
 
 from .base import (IGNORE, SPLITS, Task, accuracy_counts, build, knobs, leakage,  # noqa: F401
-                   make_split, names, predictions_at, rates, register_task, split_seed)
+                   make_split, names, predictions_at, rates, register_task,
+                   single_threaded, split_seed)
 from .assoc_recall import AssocRecall  # noqa: F401  (registers "assoc_recall")
 from .copying import Copying  # noqa: F401  (registers "copying")
 from .induction import Induction  # noqa: F401  (registers "induction")

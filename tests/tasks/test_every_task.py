@@ -136,3 +136,21 @@ def test_config_builds_the_task(name):
     task = tasks.build(name, **knobs)
     for length in sizes.get("eval_lengths") or [task.length]:
         task.at_length(length)
+
+
+def test_splits_are_generated_on_one_thread_and_the_setting_restored():
+    seen = []
+
+    class Probe(tasks.Task):
+        def generate(self, n, generator):
+            seen.append(torch.get_num_threads())
+            return torch.zeros(n, self.seq_len, dtype=torch.long), \
+                torch.zeros(n, self.seq_len, dtype=torch.long)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tasks.make_split(Probe(seq_len=4, vocab_size=2), 3, 0, "train")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
