@@ -6,10 +6,12 @@
 """
 
 from .base import (IGNORE, SPLITS, Task, accuracy_counts, build, knobs, leakage,  # noqa: F401
-                   make_split, names, predictions_at, rates, register_task, split_seed)
+                   make_split, names, predictions_at, rates, register_task,
+                   single_threaded, split_seed)
 from .assoc_recall import AssocRecall  # noqa: F401  (registers "assoc_recall")
 from .copying import Copying  # noqa: F401  (registers "copying")
 from .induction import Induction  # noqa: F401  (registers "induction")
 from .memorization import Memorization  # noqa: F401  (registers "memorization")
 from .selective_copying import SelectiveCopying  # noqa: F401  (registers "selective_copying")
+from .lm import LanguageModel  # noqa: F401  (registers "lm")
 from .state_size import StateSize  # noqa: F401  (registers "state_size")

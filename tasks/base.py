@@ -8,9 +8,11 @@ generalisation protocol), scaling the knobs that the task ties to ``T``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-from typing import Any, Callable, ClassVar
+import math
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
@@ -61,6 +63,11 @@ def build(name: str, **kw: Any) -> "Task":
 @dataclasses.dataclass(frozen=True)
 class Task:
     name: ClassVar[str] = ""
+    # What the task reports (computed by ``rates``), logged as val/<m>, test/<m> and
+    # test/<m>@<variant>; and the validation metric (with its direction) that selects the
+    # checkpoint and stops training early unless the config names another.
+    metrics: ClassVar[tuple[str, ...]] = ("acc", "exact_match", "loss")
+    monitor: ClassVar[tuple[str, str]] = ("acc", "max")
     seq_len: int
     vocab_size: int
 
@@ -81,6 +88,12 @@ class Task:
 
     def at_length(self, length: int) -> "Task":
         return dataclasses.replace(self, seq_len=length)
+
+    def for_split(self, split: str) -> "Task":
+        """The task whose ``generate`` draws ``split``. A synthetic task draws every split
+        from one distribution (disjoint seed streams keep them apart), so it is itself; a task
+        over a fixed corpus (``lm``) gives its view of that split's documents."""
+        return self
 
     def eval_variants(self) -> dict[str, "Task"]:
         """Extra test sets beyond other lengths (e.g. ``{"ood": ...}`` for unseen distances),
@@ -110,7 +123,22 @@ def split_seed(seed: int, split: str, seq_len: int) -> int:
 
 def make_split(task: Task, n: int, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(split_seed(seed, split, task.seq_len))
-    return task.generate(n, g)
+    with single_threaded():
+        return task.for_split(split).generate(n, g)
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch ops on one thread, then restore the setting. Generation is memory-bound:
+    on a shared CPU its parallel regions wait on threads the OS has descheduled. Measured on
+    2 shared cores (load ~4), 100k examples: copying 0.70 s on one thread against 1.2-2.3 s
+    on two, and every other task faster on one too (zoo.bench gen)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def row_hashes(x: torch.Tensor) -> torch.Tensor:
@@ -159,9 +187,15 @@ def accuracy_counts(preds: torch.Tensor, targets: torch.Tensor) -> dict[str, int
             "exact": int(exact.sum()), "examples": int(has_label.sum())}
 
 
-def rates(counts: dict[str, int]) -> dict[str, float]:
-    return {"acc": counts["correct"] / max(counts["total"], 1),
-            "exact_match": counts["exact"] / max(counts["examples"], 1)}
+def rates(counts: dict[str, float]) -> dict[str, float]:
+    """Metrics from summed counts; with ``nll`` (the summed token negative log-likelihood)
+    also the mean token loss and the perplexity ``exp(loss)``."""
+    out = {"acc": counts["correct"] / max(counts["total"], 1),
+           "exact_match": counts["exact"] / max(counts["examples"], 1)}
+    if "nll" in counts:
+        out["loss"] = counts["nll"] / max(counts["total"], 1)
+        out["ppl"] = math.exp(out["loss"]) if out["loss"] < 700 else math.inf  # no overflow
+    return out
 
 
 def sample_distinct(n_rows: int, k: int, low: int, high: int, generator: torch.Generator,

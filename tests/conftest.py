@@ -1,3 +1,5 @@
+import random
+
 import pytest
 import torch
 
@@ -12,3 +14,27 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
+         "rho sigma tau upsilon phi chi psi omega").split()
+
+
+def _write_corpus(folder, n_docs=40, seed=0, start=0):
+    """``n_docs`` text files of random words, each opening with its own name; their texts."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = {}
+    for i in range(start, start + n_docs):
+        lines = [f"doc {i}"] + [" ".join(rng.choices(WORDS, k=rng.randint(4, 12)))
+                                for _ in range(rng.randint(5, 30))]
+        texts[f"d{i:03d}.txt"] = "\n".join(lines) + "\n"
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    return texts
+
+
+@pytest.fixture
+def write_corpus():
+    """Writes a small corpus for task=lm (tests/tasks/test_lm.py)."""
+    return _write_corpus

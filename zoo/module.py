@@ -16,6 +16,10 @@ import tasks
 from .model import Backbone, param_groups
 
 
+# Summed over batches (and DDP ranks) before any metric is computed: micro averages.
+COUNTS = ("correct", "total", "exact", "examples", "nll")
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """LR multiplier: linear warmup over ``warmup`` steps, cosine to ``min_ratio`` at ``total``."""
     if step < warmup:
@@ -26,12 +30,14 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 class ZooModule(L.LightningModule):
     def __init__(self, model: dict[str, Any], optim: dict[str, Any],
-                 eval_names: list[str] | None = None) -> None:
+                 eval_names: list[str] | None = None,
+                 metrics: tuple[str, ...] = tasks.Task.metrics) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = Backbone(**model)
         self.optim = dict(optim)
         self.eval_names = list(eval_names or [])  # test sets in dataloader order
+        self.report = tuple(metrics)  # what the task reports, its headline first
         self.failure: str | None = None
         self.layer_stats: dict[str, float] = {}  # of the last training step
         self.metrics: dict[str, float] = {}
@@ -79,16 +85,15 @@ class ZooModule(L.LightningModule):
         loss, logits, y = self._forward(batch)
         preds = tasks.predictions_at(y, logits.argmax(-1))
         c = tasks.accuracy_counts(preds, y)
-        row = torch.tensor([c["correct"], c["total"], c["exact"], c["examples"],
-                            float(loss) * c["total"]], dtype=torch.float64)
-        self._counts[key] = self._counts.get(key, torch.zeros(5, dtype=torch.float64)) + row
+        c["nll"] = float(loss) * c["total"]  # summed, so the mean is over every token
+        row = torch.tensor([c[k] for k in COUNTS], dtype=torch.float64)
+        self._counts[key] = self._counts[key] + row if key in self._counts else row
 
     def _finish(self, key: str) -> dict[str, float]:
-        row = self._counts.pop(key, torch.zeros(5, dtype=torch.float64)).to(self.device)
+        row = self._counts.pop(key, torch.zeros(len(COUNTS), dtype=torch.float64)).to(self.device)
         row = self.trainer.strategy.reduce(row, reduce_op="sum")  # sums over DDP ranks
-        correct, total, exact, examples, loss_sum = row.tolist()
-        return {"acc": correct / max(total, 1), "exact_match": exact / max(examples, 1),
-                "loss": loss_sum / max(total, 1)}
+        rates = tasks.rates(dict(zip(COUNTS, row.tolist())))
+        return {k: rates[k] for k in self.report}
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._accumulate("val", batch)
@@ -96,7 +101,7 @@ class ZooModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         out = self._finish("val")
         for k, v in out.items():
-            self.log(f"val/{k}", v, prog_bar=(k == "acc"), sync_dist=False)
+            self.log(f"val/{k}", v, prog_bar=(k == self.report[0]), sync_dist=False)
             self.metrics[f"val/{k}"] = v
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,

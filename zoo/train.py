@@ -43,12 +43,12 @@ def model_kwargs(cfg: DictConfig | dict[str, Any], vocab_size: int) -> dict[str,
     return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}
 
 
-def _callbacks(cfg: DictConfig, ckpt_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
-    es = cfg.early_stopping
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=es.monitor, mode=es.mode, save_top_k=1,
-                           filename="best", save_last=bool(cfg.get("resume")))
+def _callbacks(cfg: DictConfig, es: dict[str, Any],
+               ckpt_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=es["monitor"], mode=es["mode"],
+                           save_top_k=1, filename="best", save_last=bool(cfg.get("resume")))
     cbs: list[Callback] = [
-        EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience,
+        EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"],
                       stopping_threshold=es.get("stopping_threshold"), check_finite=True),
         ckpt,
     ]
@@ -93,6 +93,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     mkw = model_kwargs(cfg_dict, task.vocab_size)
     ZooModule(mkw, cfg_dict["optim"])  # builds the model once to check its options
     dm = TaskDataModule(task, seed=cfg.seed, **sizes)
+    es = cfg_dict["early_stopping"]
+    if not es["monitor"]:  # the task's own selection metric, recorded as resolved
+        es["monitor"], es["mode"] = f"val/{task.monitor[0]}", task.monitor[1]
 
     resume_from, resumed_step = None, 0
     if cfg.get("resume"):
@@ -107,9 +110,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         ckpt_dir = Path(cfg.out_dir) / "checkpoints"
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names)
+    module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names, metrics=task.metrics)
     out_dir = Path(cfg.out_dir)
-    cbs, ckpt = _callbacks(cfg, ckpt_dir)
+    cbs, ckpt = _callbacks(cfg, es, ckpt_dir)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(**cfg_dict["trainer"], callbacks=[*cbs, *callbacks], logger=logger,
                         default_root_dir=str(out_dir))
@@ -158,8 +161,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         path = write_record(cfg.results_dir, record)
-        log.info("%s run %s: test acc %s, record %s", status, record["run_id"],
-                 record["metrics"].get("test/acc"), path)
+        headline = f"test/{task.metrics[0]}"
+        log.info("%s run %s: %s %s, record %s", status, record["run_id"], headline,
+                 record["metrics"].get(headline), path)
     return record
 
 

@@ -53,3 +53,12 @@ def test_ess_suite_reports_time_and_agreement():
     row = next(r for r in rows if r.startswith("| 32 |"))
     assert float(row.split("|")[4]) < 1e-6
     assert "load average" in rows[0]
+
+
+def test_gen_suite_reports_wall_and_cpu_seconds():
+    rows = bench.bench_gen(n=500, names=["copying", "induction"])
+    assert rows[0].startswith("Load average before:")
+    for name in ("copying", "induction"):
+        row = next(r for r in rows if r.startswith(f"| {name} |"))
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[2] == "500" and float(cells[3]) > 0 and float(cells[4]) > 0

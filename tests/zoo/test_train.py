@@ -31,6 +31,10 @@ def test_tiny_run_writes_a_valid_record(make_cfg, tmp_path):
     assert on_disk["state_size"] == 2 * 2 * 32 * 64  # 2 layers of KV cache at T=64, D=32
     assert on_disk["config"]["layer"]["name"] == "attention"
     assert on_disk["leakage"] == {"val": 0, "test": 0}
+    es = on_disk["config"]["early_stopping"]  # resolved from the task: as records always said
+    assert (es["monitor"], es["mode"]) == ("val/acc", "max")
+    assert set(m) == {f"{s}/{k}" for s in ("val", "test") for k in ("acc", "exact_match", "loss")} \
+        | {f"test/{k}@len=64" for k in ("acc", "exact_match", "loss")}
     assert on_disk["packages"]["torch"] == torch.__version__.split("+")[0] or on_disk["packages"]["torch"]
     assert not list((tmp_path / "results").rglob("*.tmp")), "temp files left behind"
     records, problems = load_records(tmp_path / "results")
@@ -126,3 +130,14 @@ def test_state_size_run_records_accuracy_and_ess_per_slice(make_cfg):
         assert entry["tss_per_kv"] == pytest.approx(tss / kv)
     # each slice is measured on its own inputs, not on one shared batch
     assert len({entry["entropy_ess"] for entry in slices.values()}) == 4
+
+
+def test_every_test_slice_lands_in_the_record(make_cfg, tmp_path):
+    """Per length and per variant: each metric the task reports, for each test set, in the
+    record on disk (and the trained length's also unsuffixed)."""
+    run(make_cfg("task=induction", "task.distances=[16]", "task.eval_lengths=[64,128]"))
+    m = json.loads(records_in(tmp_path / "results")[0].read_text())["metrics"]
+    reported = ("acc", "exact_match", "loss")
+    slices = {f"test/{k}@{v}" for k in reported for v in ("len=64", "len=128", "ood")}
+    assert set(m) == slices | {f"{s}/{k}" for s in ("val", "test") for k in reported}
+    assert m["test/acc"] == m["test/acc@len=64"]
