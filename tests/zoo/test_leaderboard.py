@@ -201,3 +201,15 @@ def test_lower_is_better_selection_and_perplexity_column(tmp_path):
     assert row["hp"]["lr"] == 3e-3 and row["selected_on"] == "val/ppl"  # lowest val ppl
     assert row["ppl"][0] == 40.0  # its test perplexity, however bad
     assert "| test ppl | test acc |" in leaderboard.build(d)
+
+
+def test_committed_leaderboard_is_up_to_date():
+    """leaderboard.md on main is what `python -m zoo.leaderboard` builds from results/."""
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    assert leaderboard.main(["--results", str(repo / "results"),
+                             "--out", str(repo / "leaderboard.md"), "--check"]) == 0, \
+        "run `python -m zoo.leaderboard` and commit leaderboard.md and plots/"
+    for line in (repo / "leaderboard.md").read_text().splitlines():
+        if line.startswith("- [") and "](plots/" in line:
+            assert (repo / line.split("](", 1)[1].rstrip(")")).exists(), line
