@@ -367,16 +367,19 @@ def _variant_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def build(results_dir: str | Path, plots_dir: str | Path | None = None,
-          relative_to: str | Path = ".") -> str:
-    """The leaderboard text; with ``plots_dir`` the PNGs are (re)drawn there and linked."""
+          relative_to: str | Path = ".", draw: bool = True) -> str:
+    """The leaderboard text; with ``plots_dir`` the PNGs are linked and, if ``draw``, (re)drawn
+    there. The links are a pure function of the records, so ``--check`` (``draw=False``)
+    compares the text while touching no file."""
+    from . import plots as P  # matplotlib itself is imported only to draw
     records, problems = load_records(results_dir)
     summary = summarise(records)
-    plots: list[tuple[str, str]] = []
+    links: list[tuple[str, str]] = []
     if plots_dir is not None:
-        from .plots import draw_all  # matplotlib only when plots are asked for
-        for title, path in draw_all(summary, Path(plots_dir), correlations(summary)):
-            plots.append((title, os.path.relpath(path, relative_to)))
-    return render(summary, len(records), problems, plots)
+        todo = (P.draw_all(summary, Path(plots_dir), correlations(summary)) if draw
+                else P.planned(summary, Path(plots_dir)))
+        links = [(title, os.path.relpath(path, relative_to)) for title, path in todo]
+    return render(summary, len(records), problems, links)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,10 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     plots_dir = (out.parent / args.plots) if args.plots else None
-    if args.check and plots_dir is not None:  # --check writes nothing: the links only
-        text = render_links_only(args.results, plots_dir, out.parent)
-    else:
-        text = build(args.results, plots_dir, out.parent)
+    text = build(args.results, plots_dir, out.parent, draw=not args.check)
     if args.check:
         current = out.read_text() if out.exists() else None
         if current != text:
@@ -404,17 +404,6 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text)
     print(f"wrote {out}")
     return 0
-
-
-def render_links_only(results_dir: str | Path, plots_dir: Path, relative_to: Path) -> str:
-    """What ``build`` would write, without drawing: the plot links are a pure function of the
-    records, so ``--check`` can compare the text while touching no file."""
-    from .plots import planned
-    records, problems = load_records(results_dir)
-    summary = summarise(records)
-    links = [(t, os.path.relpath(p, relative_to))
-             for t, p in planned(summary, plots_dir, correlations(summary))]
-    return render(summary, len(records), problems, links)
 
 
 if __name__ == "__main__":

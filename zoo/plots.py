@@ -27,8 +27,7 @@ def _length_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if sum(v.startswith("len=") for v in r.get("by_variant", {})) > 1]
 
 
-def planned(summary: Summary, out_dir: Path,
-            corr: dict[str, Any] | None = None) -> list[tuple[str, Path]]:
+def planned(summary: Summary, out_dir: Path) -> list[tuple[str, Path]]:
     sel = _selected(summary)
     out: list[tuple[str, Path]] = []
     if any(sel.values()):
@@ -80,7 +79,7 @@ def draw_all(summary: Summary, out_dir: Path,
     import matplotlib.pyplot as plt
 
     sel = {t: rows for t, rows in _selected(summary).items() if rows}
-    todo = planned(summary, out_dir, corr)
+    todo = planned(summary, out_dir)
     names = {p.name for _, p in todo}
     colors = _colors([r["layer"] for rows in sel.values() for r in rows], plt)
 

@@ -11,6 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
 
 import layers
 from zoo.record import config_key, find_finished
@@ -48,7 +49,7 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(make_cfg, tmp_path)
     assert not records(tmp_path / "results"), "a killed run writes no record"
     last = list(ckpt.rglob("last.ckpt"))
     assert len(last) == 1 and last[0].parent.name == config_key(
-        __import__("omegaconf").OmegaConf.to_container(cfg, resolve=True))
+        OmegaConf.to_container(cfg, resolve=True))
 
     rec = run(cfg)  # the restart continues from the step-4 checkpoint
     assert rec["status"] == "completed" and rec["resumed_from_step"] == 4 and rec["steps"] == 8
@@ -64,7 +65,7 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(make_cfg, tmp_path)
 
 def test_unreadable_checkpoint_starts_afresh(make_cfg, tmp_path):
     cfg = make_cfg("resume=true", f"checkpoint_dir={tmp_path / 'ckpt'}")
-    key = config_key(__import__("omegaconf").OmegaConf.to_container(cfg, resolve=True))
+    key = config_key(OmegaConf.to_container(cfg, resolve=True))
     bad = tmp_path / "ckpt" / "assoc_recall" / "attention" / key / "last.ckpt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"half a checkpoint")  # killed while writing
