@@ -81,8 +81,12 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """
     started, sha = time.time(), git_sha()  # the code as it was when the run began
     torch.set_float32_matmul_precision("high")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    threads = cfg.get("threads")
+    if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive int or null (torch's default), "
+                             f"got {threads!r}")
+        torch.set_num_threads(threads)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     layer_name = cfg.layer.name
     task_name, knobs, sizes = split_task_config(cfg_dict["task"])

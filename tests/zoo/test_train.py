@@ -70,6 +70,7 @@ def test_nan_loss_stops_and_records_failure(make_cfg, tmp_path):
     ("+task.bogus=1", "'bogus'"),
     ("model.channel=nope", "known channel mixers"),
     ("task.batch_size=0", "batch_size"),
+    ("threads=0", "threads must be a positive int"),
 ])
 def test_bad_input_fails_before_any_work(make_cfg, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
