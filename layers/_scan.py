@@ -207,7 +207,8 @@ def _chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Ten
     """``chunked_linear_attention`` on one segment."""
     with fp32(q):
         T, C = q.shape[-2], chunk_size
-        q, k, v = (pad_time(t.float(), C) for t in (q, k, v))  # zero tail: no effect on S
+        # zero tail: no effect on S; contiguous once, or every matmul copies a strided operand
+        q, k, v = (pad_time(t.float(), C).contiguous() for t in (q, k, v))
         q, k, v = (t.unflatten(-2, (-1, C)) for t in (q, k, v))  # [..., N, C, d]
         if log_g is None:
             mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -215,12 +216,13 @@ def _chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Ten
             q_in, k_out, gamma = q, k, None
         else:
             logb = pad_time(log_g.float(), C).unflatten(-2, (-1, C)).cumsum(-2)  # [..., N, C, 1|dk]
+            if logb[..., -1, :].min() >= -factorise_below:
+                S0 = None if initial_state is None else initial_state.float()
+                o, S_last = _FactorisedChunks.apply(q, k, v, logb, S0)
+                return o.flatten(-3, -2)[..., :T, :], S_last
             q_in = q * logb.exp()  # decay from the chunk start, <= 1
             if logb.shape[-1] == 1:
                 A = (q @ k.transpose(-1, -2)) * decay_matrix(logb[..., 0])
-            elif logb[..., -1, :].min() >= -factorise_below:
-                mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-                A = (q_in @ (k * (-logb).exp()).transpose(-1, -2)).masked_fill(~mask, 0.0)
             else:
                 A = _intra_vector(q, k, logb, SUB_CHUNK if C % SUB_CHUNK == 0 else C)
             k_out = k * (logb[..., -1:, :] - logb).exp()  # decay to the chunk end, <= 1
@@ -229,6 +231,74 @@ def _chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Ten
         S_in, S_last = carry(gamma, local, initial_state)  # [..., N, dk, dv]
         o = A @ v + q_in @ S_in  # [..., N, C, dv]
         return o.flatten(-3, -2)[..., :T, :], S_last
+
+
+class _FactorisedChunks(torch.autograd.Function):
+    """The chunked form with factorised intra-chunk scores and a hand-written backward, for
+    gated recurrences whose every chunk decays by at most ``exp(-factorise_below)``.
+
+    Per chunk (inputs ``[..., N, C, d]``; ``logb`` the log decay accumulated from the chunk
+    start, ``[..., N, C, 1|dk]``; ``gamma = exp(logb_last)``)::
+
+        Qb = q * exp(logb),  Kb = k * exp(-logb),  Kg = Kb * gamma
+        A = tril(Qb Kb^T),   O = A V + Qb S_in,   S_next = gamma * S_in + Kg^T V
+
+    Backward, with ``D_n = dL/dS_in`` of chunk n run backwards through the chunks
+    (``D_n = Qb_n^T dO_n + gamma_n * D_{n+1}``, ``D_N = dL/dS_last``) and ``D'_n = D_{n+1}``::
+
+        dV = A^T dO + Kg D',   dA = tril(dO V^T),   dQb = dA Kb + dO S_in^T,
+        dKb = dA^T Qb,         dKg = V D'^T,        dgamma = sum_v(S_in * D')
+        dq = dQb e^logb;  dk = dKb e^-logb + dKg gamma e^-logb;
+        dlogb = dQb Qb - dKb Kb - dKg Kg  (+ sum_C(dKg Kg) + dgamma gamma at the last step)
+
+    Autograd through the same matmuls recorded a dozen elementwise intermediates and copied
+    the masked scores; this saves the factors, the scores and the chunk-entry states once.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logb: torch.Tensor,
+                S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        Qb, Kb, Kg, gamma = _factors(q, k, logb)
+        local = Kg.transpose(-1, -2) @ v  # [..., N, dk, dv] each chunk's own state
+        S_in, S_last = carry(gamma.transpose(-1, -2), local, S0)  # [..., N, dk, dv]
+        A = (Qb @ Kb.transpose(-1, -2)).tril_()  # [..., N, C, C]
+        o = A @ v
+        o += Qb @ S_in
+        ctx.has_S0 = S0 is not None
+        ctx.save_for_backward(v, logb, S_in, Qb, Kb, Kg, gamma, A)
+        return o, S_last
+
+    @staticmethod
+    def backward(ctx: Any, dO: torch.Tensor, dS_last: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, ...]:
+        v, logb, S_in, Qb, Kb, Kg, gamma, A = ctx.saved_tensors
+        dO = dO.contiguous()  # once, rather than in each of the four matmuls that read it
+        # D'_n = dL/dS_next of chunk n: the state gradient carried back through the chunks
+        U = Qb.transpose(-1, -2) @ dO  # [..., N, dk, dv]
+        Dn, dS0 = carry(gamma.transpose(-1, -2).flip(-3), U.flip(-3), dS_last)
+        Dn = Dn.flip(-3)
+        dA = (dO @ v.transpose(-1, -2)).tril_()  # [..., N, C, C]
+        dV = A.transpose(-1, -2) @ dO
+        dV += Kg @ Dn
+        dQb = dA @ Kb
+        dQb += dO @ S_in.transpose(-1, -2)
+        dKb = dA.transpose(-1, -2) @ Qb
+        dKg = v @ Dn.transpose(-1, -2)  # [..., N, C, dk]
+        dq = dQb * logb.exp()
+        dk = (dKb + dKg * gamma).mul_((-logb).exp())
+        dKg.mul_(Kg)
+        tail = dKg.sum(-2, keepdim=True) + (S_in * Dn).sum(-1)[..., None, :] * gamma
+        dlogb = dQb.mul_(Qb).sub_(dKb.mul_(Kb)).sub_(dKg)
+        dlogb[..., -1:, :] += tail  # through gamma: [..., N, 1, dk]
+        return dq, dk, dV, dlogb.sum_to_size(logb.shape), dS0 if ctx.has_S0 else None
+
+
+def _factors(q: torch.Tensor, k: torch.Tensor, logb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``Qb = q e^logb``, ``Kb = k e^-logb``, ``Kg = Kb gamma`` and ``gamma = e^logb_last``
+    (``[..., N, 1, 1|dk]``) of ``_FactorisedChunks``."""
+    gamma = logb[..., -1:, :].exp()
+    Kb = k * (-logb).exp()
+    return q * logb.exp(), Kb, Kb * gamma, gamma
 
 
 def causal_operator(q: torch.Tensor, k: torch.Tensor, log_g: torch.Tensor | None = None, *,

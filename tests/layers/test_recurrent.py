@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 import layers
-from layers._scan import (_SelectiveScan, causal_operator, chunked_linear_attention,
+from layers._scan import (_FactorisedChunks, _SelectiveScan, causal_operator, chunked_linear_attention,
                           naive_recurrence, selective_scan)
 from layers.phalanx import _SWR, jagged_operator, swr, swr_reference
 from layers.testing import assert_rel_close, assert_same_function, rel_rms_error
@@ -127,6 +127,21 @@ def test_kernel_grads_across_segments(gate):
         return run
     fast = kernel(chunked_linear_attention, chunk_size=16, segment=32)
     assert_same_function(fast, kernel(naive_recurrence), inputs_, 1e-5)
+
+
+@pytest.mark.parametrize("width", [1, 3], ids=["scalar", "vector"])
+def test_factorised_chunks_gradcheck(width):
+    """The chunked kernel's hand-written backward in float64: q, k, v, the cumulative log
+    decays and the initial state, through both outputs (the chunk outputs and the final state),
+    over three chunks of 4."""
+    g = torch.Generator().manual_seed(3)
+    B, N, C, dk, dv = 2, 3, 4, 3, 2
+    q, k = (torch.randn(B, N, C, dk, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, N, C, dv, generator=g, dtype=torch.float64)
+    logb = (-torch.rand(B, N, C, width, generator=g, dtype=torch.float64)).cumsum(-2)
+    S0 = torch.randn(B, dk, dv, generator=g, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (q, k, v, logb, S0)]
+    assert torch.autograd.gradcheck(_FactorisedChunks.apply, inputs)
 
 
 def s6_inputs(B: int, T: int, Di: int, N: int, dtype: torch.dtype = torch.float32,
