@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -6,11 +9,38 @@ from zoo import bench
 
 def test_mixers_suite_runs_tiny(capsys):
     bench.main(["mixers", "--lengths", "16", "32", "--batch", "1", "--d-model", "32",
-                "--repeats", "1", "--names", "gla", "phalanx", "--naive", "gla:16"])
+                "--repeats", "1", "--names", "gla", "phalanx", "--naive", "gla:16",
+                "--os-malloc"])  # leaves this process's allocator alone
     out = capsys.readouterr().out
+    assert "default malloc" in out.splitlines()[0]
     assert "| gla | 32 |" in out and "| phalanx | 16 |" in out
     naive = out.split("Loop reference")[1]
     assert "| gla | 16 | layer |" in naive and "| gla | 16 | kernel |" in naive
+
+
+KEEP_FREED = """
+import resource, sys, torch
+from zoo import bench
+if sys.argv[1] == "keep":
+    assert bench.keep_freed_memory()
+def faults_of_a_fresh_64mib_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2 ** 20)  # 64 MiB, written, then freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(*[faults_of_a_fresh_64mib_tensor() for _ in range(8)])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_reuses_large_blocks():
+    """Default glibc maps every 64 MiB tensor afresh (16,384 page faults each time); after
+    ``keep_freed_memory`` the heap settles within a few allocations and reuses its pages."""
+    def faults(mode: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", KEEP_FREED, mode], capture_output=True,
+                             text=True, check=True).stdout
+        return [int(x) for x in out.split()]
+    assert min(faults("default")) > 10_000
+    assert sum(faults("keep")[3:]) < 1_000
 
 
 def test_scaling_rows_divide_by_the_base_length():
