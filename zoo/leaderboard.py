@@ -107,7 +107,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 s["throughput"] = statistics.fmean(r["throughput_tokens_per_s"] for r in chosen)
                 s["wall"] = statistics.fmean(r["wall_time_s"] for r in chosen)
                 s["ess"] = _mean_ess(chosen)
-                s["slices"] = _slice_points(chosen)
+                # every trained model is a point of the ESS study, whatever its lr: the
+                # correlation describes models, it selects nothing
+                s["slices"] = _slice_points(sorted(done, key=lambda r: r["run_id"]))
                 s["hp"] = json.loads(best_hp).get("optim", {})
             summaries.append(s)
         out[task] = summaries
@@ -316,8 +318,9 @@ def _aggregate_table(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def correlations(summary: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-    """Across every (run, slice) point of the state-size task: rank and log-linear correlation
-    of accuracy with ESS per key-value pair and with TSS per key-value pair."""
+    """Across every (completed run, slice) point of the state-size task, all hyper-parameters
+    and seeds: rank and log-linear correlation of accuracy with ESS per key-value pair and
+    with TSS per key-value pair."""
     points = [p for rows in summary.values() for r in rows for p in r.get("slices", [])]
     if len(points) < 3:
         return None
@@ -338,7 +341,8 @@ def _correlation_section(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
         return "–" if v is None else f"{v:+.3f}"
 
     return ["## Effective state size against accuracy (state_size task)", "",
-            f"Over {c['n']} points (every selected run of `task=state_size` x key-value slice): "
+            f"Over {c['n']} points (every completed run of `task=state_size`, all learning rates "
+            "and seeds, x key-value slice): "
             "the correlation of the slice's test accuracy with the state per key-value pair, "
             "measured (ESS, tolerance) and theoretical (TSS). arXiv 2504.19561 finds ESS per "
             "pair the better predictor.", "",

@@ -167,6 +167,15 @@ def test_state_size_slices_give_the_ess_and_tss_correlations(tmp_path):
     assert c["n"] == 4 and c["ess_per_kv"]["spearman"] == pytest.approx(1.0)
     assert c["tss_per_kv"]["spearman"] == pytest.approx(-0.4)  # 1 - 6*14/(4*15)
     assert "| ESS / kv | +1.000 |" in leaderboard.build(d)
+    # a run of a learning rate that validation did not select is a point all the same
+    r = rec("s9", 9e-9, 0, 0.1, 0.3, layer="m0")  # validation 0.1 < 0.5: not selected
+    r["task"] = r["config"]["task"]["name"] = "state_size"
+    r["config"]["suite"] = "s"
+    r["metrics"]["test/acc@kv=1"] = 0.3
+    r["ess"] = {"layers": {}, "slices": {"kv=1": {"ess_per_kv": 0.7, "tss_per_kv": 64}}}
+    write_record(d, r)
+    c = leaderboard.correlations(leaderboard.summarise(leaderboard.load_records(d)[0]))
+    assert c["n"] == 5
 
 
 def test_plots_are_drawn_linked_and_check_writes_nothing(results, tmp_path):
