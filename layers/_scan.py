@@ -215,11 +215,12 @@ def _chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Ten
             A = (q @ k.transpose(-1, -2)).masked_fill(~mask, 0.0)  # [..., N, C, C]
             q_in, k_out, gamma = q, k, None
         else:
-            logb = pad_time(log_g.float(), C).unflatten(-2, (-1, C)).cumsum(-2)  # [..., N, C, 1|dk]
-            if logb[..., -1, :].min() >= -factorise_below:
+            log_g = pad_time(log_g.float(), C).unflatten(-2, (-1, C))  # [..., N, C, 1|dk]
+            if log_g.sum(-2).min() >= -factorise_below:
                 S0 = None if initial_state is None else initial_state.float()
-                o, S_last = _FactorisedChunks.apply(q, k, v, logb, S0)
+                o, S_last = _FactorisedChunks.apply(q, k, v, log_g, S0)
                 return o.flatten(-3, -2)[..., :T, :], S_last
+            logb = log_g.cumsum(-2)  # decay accumulated from the chunk start
             q_in = q * logb.exp()  # decay from the chunk start, <= 1
             if logb.shape[-1] == 1:
                 A = (q @ k.transpose(-1, -2)) * decay_matrix(logb[..., 0])
@@ -237,8 +238,8 @@ class _FactorisedChunks(torch.autograd.Function):
     """The chunked form with factorised intra-chunk scores and a hand-written backward, for
     gated recurrences whose every chunk decays by at most ``exp(-factorise_below)``.
 
-    Per chunk (inputs ``[..., N, C, d]``; ``logb`` the log decay accumulated from the chunk
-    start, ``[..., N, C, 1|dk]``; ``gamma = exp(logb_last)``)::
+    Per chunk (inputs ``[..., N, C, d]``; log decays ``log_g`` ``[..., N, C, 1|dk]``,
+    ``logb = cumsum(log_g)`` from the chunk start; ``gamma = exp(logb_last)``)::
 
         Qb = q * exp(logb),  Kb = k * exp(-logb),  Kg = Kb * gamma
         A = tril(Qb Kb^T),   O = A V + Qb S_in,   S_next = gamma * S_in + Kg^T V
@@ -250,55 +251,60 @@ class _FactorisedChunks(torch.autograd.Function):
         dKb = dA^T Qb,         dKg = V D'^T,        dgamma = sum_v(S_in * D')
         dq = dQb e^logb;  dk = dKb e^-logb + dKg gamma e^-logb;
         dlogb = dQb Qb - dKb Kb - dKg Kg  (+ sum_C(dKg Kg) + dgamma gamma at the last step)
+        dlog_g = reverse cumsum of dlogb
 
     Autograd through the same matmuls recorded a dozen elementwise intermediates and copied
     the masked scores; this saves the factors, the scores and the chunk-entry states once.
     """
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logb: torch.Tensor,
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor,
                 S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        Qb, Kb, Kg, gamma = _factors(q, k, logb)
+        eb = log_g.cumsum(-2).exp_()  # decay from the chunk start, <= 1
+        ieb = eb.reciprocal()  # <= exp(factorise_below): finite
+        gamma = eb[..., -1:, :]  # [..., N, 1, 1|dk]
+        Qb, Kb = q * eb, k * ieb
+        Kg = Kb * gamma  # decay to the chunk end, <= 1
         local = Kg.transpose(-1, -2) @ v  # [..., N, dk, dv] each chunk's own state
         S_in, S_last = carry(gamma.transpose(-1, -2), local, S0)  # [..., N, dk, dv]
         A = (Qb @ Kb.transpose(-1, -2)).tril_()  # [..., N, C, C]
-        o = A @ v
-        o += Qb @ S_in
+        o = _matmul_add(Qb @ S_in, A, v)
         ctx.has_S0 = S0 is not None
-        ctx.save_for_backward(v, logb, S_in, Qb, Kb, Kg, gamma, A)
+        ctx.save_for_backward(v, eb, ieb, S_in, Qb, Kb, Kg, A)
         return o, S_last
 
     @staticmethod
     def backward(ctx: Any, dO: torch.Tensor, dS_last: torch.Tensor
                  ) -> tuple[torch.Tensor | None, ...]:
-        v, logb, S_in, Qb, Kb, Kg, gamma, A = ctx.saved_tensors
+        v, eb, ieb, S_in, Qb, Kb, Kg, A = ctx.saved_tensors
+        gamma = eb[..., -1:, :]
         dO = dO.contiguous()  # once, rather than in each of the four matmuls that read it
         # D'_n = dL/dS_next of chunk n: the state gradient carried back through the chunks
         U = Qb.transpose(-1, -2) @ dO  # [..., N, dk, dv]
         Dn, dS0 = carry(gamma.transpose(-1, -2).flip(-3), U.flip(-3), dS_last)
         Dn = Dn.flip(-3)
         dA = (dO @ v.transpose(-1, -2)).tril_()  # [..., N, C, C]
-        dV = A.transpose(-1, -2) @ dO
-        dV += Kg @ Dn
-        dQb = dA @ Kb
-        dQb += dO @ S_in.transpose(-1, -2)
+        dV = _matmul_add(Kg @ Dn, A.transpose(-1, -2), dO)
+        dQb = _matmul_add(dO @ S_in.transpose(-1, -2), dA, Kb)
         dKb = dA.transpose(-1, -2) @ Qb
         dKg = v @ Dn.transpose(-1, -2)  # [..., N, C, dk]
-        dq = dQb * logb.exp()
-        dk = (dKb + dKg * gamma).mul_((-logb).exp())
+        dq = dQb * eb
+        dk = torch.addcmul(dKb, dKg, gamma).mul_(ieb)
         dKg.mul_(Kg)
         tail = dKg.sum(-2, keepdim=True) + (S_in * Dn).sum(-1)[..., None, :] * gamma
         dlogb = dQb.mul_(Qb).sub_(dKb.mul_(Kb)).sub_(dKg)
         dlogb[..., -1:, :] += tail  # through gamma: [..., N, 1, dk]
-        return dq, dk, dV, dlogb.sum_to_size(logb.shape), dS0 if ctx.has_S0 else None
+        dlogb = dlogb.sum_to_size(eb.shape)
+        # logb = cumsum(log_g): dlog_g is the reverse cumsum, x_t + sum_all - cumsum_t
+        dlog_g = dlogb.cumsum(-2).neg_().add_(dlogb).add_(dlogb.sum(-2, keepdim=True))
+        return dq, dk, dV, dlog_g, dS0 if ctx.has_S0 else None
 
 
-def _factors(q: torch.Tensor, k: torch.Tensor, logb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``Qb = q e^logb``, ``Kb = k e^-logb``, ``Kg = Kb gamma`` and ``gamma = e^logb_last``
-    (``[..., N, 1, 1|dk]``) of ``_FactorisedChunks``."""
-    gamma = logb[..., -1:, :].exp()
-    Kb = k * (-logb).exp()
-    return q * logb.exp(), Kb, Kb * gamma, gamma
+def _matmul_add(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``acc + a @ b`` for ``[..., m, n]`` batches, in one ``baddbmm`` (no extra pass)."""
+    out = torch.baddbmm(acc.reshape(-1, *acc.shape[-2:]), a.reshape(-1, *a.shape[-2:]),
+                        b.reshape(-1, *b.shape[-2:]))
+    return out.view(acc.shape)
 
 
 def causal_operator(q: torch.Tensor, k: torch.Tensor, log_g: torch.Tensor | None = None, *,
