@@ -40,7 +40,7 @@ class GatedLinearAttention(SequenceMixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
                  expand_k: float = 0.5, expand_v: float = 1.0, gate: str = "vector",
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0,
-                 chunk_size: int = 64, norm_eps: float = 1e-5, use_kernels: bool = True) -> None:
+                 chunk_size: int = 32, norm_eps: float = 1e-5, use_kernels: bool = True) -> None:
         super().__init__()
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
         if num_heads <= 0 or key_dim % num_heads or value_dim % num_heads or key_dim == 0:
