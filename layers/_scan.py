@@ -182,11 +182,12 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     With ``b_t`` the decay accumulated from the chunk start (``logb = cumsum(log_g)``):
         O      = (Q * b) S_prev + A V,       A_ij = q_i . (b_i / b_j * k_j)  for j <= i
         S_next = Diag(gamma) S_prev + (K * gamma / b)^T V,    gamma = b_last
-    No decay: A = (Q K^T) * M; scalar gate: A = (Q K^T) * decay_matrix(logb); vector gate:
-    when no chunk decays by more than ``exp(-factorise_below)`` in any channel, the one matmul
-    ``(Q * b)(K / b)^T`` (exact: its factors stay in fp32's range); otherwise
-    ``_intra_vector``, where every ratio is ``exp`` of a non-positive log difference.
-    ``factorise_below=0`` always takes the latter. Longer than ``segment`` tokens (rounded to
+    No decay: A = (Q K^T) * M. With a gate (scalar or vector), when no chunk decays by more
+    than ``exp(-factorise_below)`` in any channel, the one matmul ``(Q * b)(K / b)^T`` (exact:
+    its factors stay in fp32's range), in ``_FactorisedChunks`` with its own backward;
+    otherwise scalar gate: A = (Q K^T) * decay_matrix(logb), vector gate: ``_intra_vector``,
+    where every ratio is ``exp`` of a non-positive log difference. ``factorise_below=0``
+    always takes the latter. Longer than ``segment`` tokens (rounded to
     whole chunks), the sequence is processed segment by segment, the state carried between.
     """
     seg = max(1, segment // chunk_size) * chunk_size

@@ -21,8 +21,8 @@ Allocator: on glibc, ``main`` first asks malloc to keep freed memory for reuse
 (``keep_freed_memory``). By default glibc serves every block above 32 MiB with a fresh
 ``mmap`` and unmaps it on free, so at 16,384 tokens each large temporary is page-faulted and
 zeroed by the kernel again on every step: that cost grows with T faster than the arithmetic
-and made linear mixers look superlinear (gla 4.07 s against 3.34 s per step at 16,384 on one
-thread, measured). PyTorch's CPU tuning guide recommends an allocator that reuses memory
+and made linear mixers look superlinear (gla, one thread, a loaded machine: 4.50 s per step
+at 16,384 by default against 3.91 s with ``keep_freed_memory``). PyTorch's CPU tuning guide recommends an allocator that reuses memory
 (jemalloc, tcmalloc) for the same reason. ``--os-malloc`` measures glibc's default instead.
 """
 

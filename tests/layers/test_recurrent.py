@@ -13,8 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 import layers
-from layers._scan import (_FactorisedChunks, _SelectiveScan, causal_operator, chunked_linear_attention,
-                          naive_recurrence, selective_scan)
+from layers._scan import (_FactorisedChunks, _SelectiveScan, causal_operator,
+                          chunked_linear_attention, naive_recurrence, selective_scan)
 from layers.phalanx import _SWR, jagged_operator, swr, swr_reference
 from layers.testing import assert_rel_close, assert_same_function, rel_rms_error
 
