@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,25 @@ def test_leaderboard_preset_sweeps_every_sequence_mixer(preset):
     assert len(str(params["optim.lr"]).split(",")) >= 2
     assert cfg.resume is True and cfg.task.name == preset.stem and cfg.suite
     assert cfg.task.num_val > 0 and cfg.trainer.max_steps <= 1000  # CPU-sized
+
+
+def test_readme_tier_command_sweeps_every_preset_with_the_presets_grid():
+    """The README's one-sweep tier names every leaderboard preset and repeats, override for
+    override, the grid the presets share (a sweep over ``experiment`` does not read it)."""
+    readme = (CONFIGS.parent / "README.md").read_text()
+    (line,) = [ln for ln in readme.splitlines()
+               if ln.startswith("OMP_NUM_THREADS=1 python -m zoo.train -m experiment=leaderboard/")]
+    parser = OverridesParser.create()
+    args = shlex.split(line)[5:]  # past OMP_NUM_THREADS=1 python -m zoo.train -m
+    overrides = {o.key_or_group: o for o in parser.parse_overrides(args)}
+    assert sorted(overrides["experiment"].value().list) == sorted(
+        f"leaderboard/{p.stem}" for p in PRESETS)
+    grid = yaml.safe_load((CONFIGS / "experiment" / "leaderboard" / "_common.yaml").read_text())
+    params = grid["hydra"]["sweeper"]["params"]
+    assert set(params) | {"experiment"} <= set(overrides)
+    for key, value in params.items():
+        want = parser.parse_override(f"{key}={value}")
+        assert str(overrides[key].value()) == str(want.value()), key
 
 
 def test_slurm_launcher_config_composes():
