@@ -14,7 +14,7 @@ an S6 scan). What lives here:
 - ``causal_operator``: the same kernel on identity values, i.e. the materialised ``[T, T]``
   mixing matrix a layer applies;
 - ``selective_scan``: Mamba's S6 scan, a loop over time with a hand-written backward that
-  keeps only chunk-boundary states on long inputs (all states on short ones);
+  keeps only chunk-boundary states;
 - ``carry``: the sequential chunk-to-chunk pass the chunked form ends with;
 - ``decay_matrix``, ``pad_time``, ``fp32``, ``optional_import``, ``kernel_module`` and
   ``call_time_major``: small helpers.
@@ -43,10 +43,6 @@ FACTORISE_BELOW = 60.0
 # cache (fastest on CPU); at least 4 steps, so the saved chunk-entry states stay <= 1/4 of all.
 SCAN_BUFFER = 2 ** 18
 MIN_SCAN_CHUNK = 4
-# selective_scan keeps every step's state and decay (2 B T Di N floats) for its backward, rather
-# than recomputing them chunk by chunk, while they stay under this many floats each (64 MiB):
-# at training sizes on CPU that skips a third of the backward's passes over the state.
-SCAN_KEEP = 2 ** 24
 # chunked_linear_attention runs sequences longer than this many tokens segment by segment,
 # carrying the state: each segment's [C, C] scores and temporaries stay cache-sized, which on
 # CPU keeps the time linear in T (at 16384 tokens, in one piece, it was 1.6x slower).
@@ -338,40 +334,37 @@ class _SelectiveScan(torch.autograd.Function):
     """``selective_scan`` on time-major tensors: u, delta ``[T, B, Di]``, A_t ``[N, Di]``
     (A transposed), B, C ``[T, B, N]``, D ``[Di]`` -> y ``[T, B, Di]``.
 
-    Forward keeps only the state entering each chunk (or, with ``keep``, every step's decay
-    and state); backward recomputes a chunk's states from it (or slices the kept ones), runs
-    the adjoint recurrence ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}`` (``g_t = dL/dh_t``)
-    backwards through the chunk, and reads every gradient off ``g`` and
+    Forward keeps only the state entering each chunk; backward recomputes a chunk's states
+    from it, runs the adjoint recurrence ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}``
+    (``g_t = dL/dh_t``) backwards through the chunk, and reads every gradient off ``g`` and
     the states with chunk-wide products (``S = g_t exp(delta_t A) h_{t-1}`` is the gradient of
-    ``delta_t A``). Memory: ``T / chunk`` states plus a few ``[chunk, B, N, Di]`` buffers, and
-    with ``keep`` two ``[T, B, N, Di]`` more.
+    ``delta_t A``). Memory: ``T / chunk`` states plus a few ``[chunk, B, N, Di]`` buffers.
     """
 
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor,
                 Bm: torch.Tensor, Cm: torch.Tensor, D: torch.Tensor,
-                chunk_size: int, keep: bool = False) -> torch.Tensor:
+                chunk_size: int) -> torch.Tensor:
         (T, B, Di), N, L = u.shape, A_t.shape[0], min(chunk_size, u.shape[0])
         du = delta * u
         y = torch.empty_like(u)
-        # keep: every step's decay and state [T, B, N, Di]; else a chunk's worth, reused
-        dA, H = (u.new_empty(T if keep else L, B, N, Di) for _ in range(2))
+        dA, H = u.new_empty(L, B, N, Di), u.new_empty(L, B, N, Di)
         starts = u.new_empty(-(-T // L), B, N, Di)  # the state entering each chunk
         starts[0].zero_()
         chunks = zip(*(t.split(L) for t in (delta, du, Bm, Cm, y)))
         for i, (d_c, du_c, B_c, C_c, y_c) in enumerate(chunks):
-            n, s = d_c.shape[0], i * L if keep else 0
+            n = d_c.shape[0]
             if i:
-                starts[i] = H[s - 1]
-            _selective_chunk(starts[i], d_c, du_c, A_t, B_c, dA[s:s + n], H[s:s + n])
-            torch.matmul(C_c[:, :, None, :], H[s:s + n], out=y_c[:, :, None, :])  # C_t . h_t
-        ctx.chunk_size, ctx.keep = L, keep
-        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, starts, *((dA, H) if keep else ()))
+                starts[i] = H[-1]
+            _selective_chunk(starts[i], d_c, du_c, A_t, B_c, dA[:n], H[:n])
+            torch.matmul(C_c[:, :, None, :], H[:n], out=y_c[:, :, None, :])  # C_t . h_t
+        ctx.chunk_size = L
+        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, starts)
         return y.addcmul_(u, D)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, delta, A_t, Bm, Cm, D, starts, *kept = ctx.saved_tensors
+        u, delta, A_t, Bm, Cm, D, starts = ctx.saved_tensors
         (T, B, Di), N, L = u.shape, A_t.shape[0], ctx.chunk_size
         with fp32(gy):
             gy, du = gy.to(u.dtype).contiguous(), delta * u
@@ -380,16 +373,11 @@ class _SelectiveScan(torch.autograd.Function):
             g_next = torch.zeros_like(starts[0])  # exp(delta_{t+1} A) g_{t+1} past the chunk
             dA, H, G = (u.new_empty(L, B, N, Di) for _ in range(3))
             streams = (delta, du, Bm, Cm, gy, gdu, gdelta, gB, gC)
-            chunks = list(zip(starts, *(t.split(L) for t in streams)))
-            for i in reversed(range(len(chunks))):
-                h_in, d_c, du_c, B_c, C_c, gy_c, gdu_c, gd_c, gB_c, gC_c = chunks[i]
+            chunks = zip(starts, *(t.split(L) for t in streams))
+            for h_in, d_c, du_c, B_c, C_c, gy_c, gdu_c, gd_c, gB_c, gC_c in reversed(list(chunks)):
                 n = d_c.shape[0]
-                G_ = G[:n]
-                if kept:  # the forward's own decays and states; S goes to a scratch buffer
-                    dA_, H_ = (t[i * L:i * L + n] for t in kept)
-                else:  # recomputed from the state entering the chunk; S overwrites the decays
-                    dA_, H_ = dA[:n], H[:n]
-                    _selective_chunk(h_in, d_c, du_c, A_t, B_c, dA_, H_)
+                dA_, H_, G_ = dA[:n], H[:n], G[:n]
+                _selective_chunk(h_in, d_c, du_c, A_t, B_c, dA_, H_)
                 torch.matmul(gy_c[:, :, None, :], H_.transpose(-1, -2), out=gC_c[:, :, None, :])
                 torch.mul(C_c[..., None], gy_c[:, :, None, :], out=G_)  # C_t gy_t
                 G_[-1] += g_next
@@ -398,7 +386,7 @@ class _SelectiveScan(torch.autograd.Function):
                     Gs[t].addcmul_(dAs[t + 1], Gs[t + 1])
                 torch.matmul(B_c[:, :, None, :], G_, out=gdu_c[:, :, None, :])
                 torch.matmul(du_c[:, :, None, :], G_.transpose(-1, -2), out=gB_c[:, :, None, :])
-                S = torch.mul(dA_, G_, out=dA[:n])  # in place unless kept
+                S = dA_.mul_(G_)
                 g_next.copy_(S[0])
                 S[0].mul_(h_in)
                 S[1:].mul_(H_[:-1])  # dL/d(delta_t A)  [n, B, N, Di]
@@ -406,33 +394,26 @@ class _SelectiveScan(torch.autograd.Function):
                 gA_t += torch.mul(S, d_c[:, :, None, :], out=G_).sum((0, 1))
             gdelta.addcmul_(gdu, u)
             gD = (gy * u).sum((0, 1))
-            return gdu.mul_(delta).addcmul_(gy, D), gdelta, gA_t, gB, gC, gD, None, None
+            return gdu.mul_(delta).addcmul_(gy, D), gdelta, gA_t, gB, gC, gD, None
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor, *, chunk_size: int | None = None,
-                   keep_states: bool | None = None) -> torch.Tensor:
+                   ) -> torch.Tensor:
     """Mamba's S6 scan: per channel d, ``h_t = exp(delta_t A_d) * h_{t-1} + delta_t B_t u_t``
     (h in R^N), ``y_t = C_t . h_t + D_d u_t``.
 
     u, delta ``[B, T, Di]``; A ``[Di, N]``; B, C ``[B, T, N]``; D ``[Di]`` -> y ``[B, T, Di]``,
     in fp32. A loop over time with a hand-written backward (``_SelectiveScan``), as
-    mamba-ssm's CUDA kernel does it. Long inputs keep only the state entering each chunk and
-    recompute the rest in backward: memory ``O(B T Di + (T / chunk_size) B Di N)``, never
-    ``O(B T Di N)``. Short ones (``B T Di N <= SCAN_KEEP``, or ``keep_states=True``) keep every
-    step's decay and state instead, which saves the backward a third of its work. Results do
-    not depend on ``chunk_size`` or ``keep_states``; by default a chunk's ``[chunk, B, N, Di]``
-    buffers hold about ``SCAN_BUFFER`` floats (at least ``MIN_SCAN_CHUNK`` steps).
+    mamba-ssm's CUDA kernel does it: memory ``O(B T Di + (T / chunk_size) B Di N)``, never
+    ``O(B T Di N)``. Results do not depend on ``chunk_size``; by default a chunk's
+    ``[chunk, B, N, Di]`` buffers hold about ``SCAN_BUFFER`` floats (at least
+    ``MIN_SCAN_CHUNK`` steps).
     """
-    T, floats = u.shape[1], u.shape[0] * u.shape[1] * A.numel()
     if chunk_size is None:
-        chunk_size = max(MIN_SCAN_CHUNK, SCAN_BUFFER * T // floats)
-    if keep_states is None:  # worth it only where a backward will follow
-        keep_states = floats <= SCAN_KEEP and torch.is_grad_enabled() and any(
-            t.requires_grad for t in (u, delta, A, B, C, D))
+        chunk_size = max(MIN_SCAN_CHUNK, SCAN_BUFFER // (u.shape[0] * A.numel()))
     with fp32(u):
         # time-major [T, B, .]: each step's state slice is contiguous
         u, delta, B, C = (t.float().transpose(0, 1).contiguous() for t in (u, delta, B, C))
-        y = _SelectiveScan.apply(u, delta, A.float().t().contiguous(), B, C, D.float(),
-                                 chunk_size, keep_states)
+        y = _SelectiveScan.apply(u, delta, A.float().t().contiguous(), B, C, D.float(), chunk_size)
         return y.transpose(0, 1)  # [B, T, Di]

@@ -14,10 +14,10 @@ in ``[dt_min, dt_max]``. ``A_log`` and ``D`` skip weight decay (marked on the pa
 
 Paths: ``reference`` is the loop over time (``_scan.naive_recurrence`` with one head per
 channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
-``_scan.selective_scan``, a custom autograd function with a hand-written backward that, on
-long inputs, keeps only the state entering each chunk of a few steps and recomputes the rest
-(never all T states of ``D_in * d_state``; short training inputs keep them, see
-``_scan.SCAN_KEEP``); on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the operator's chunk (the scan sizes its own). ``step`` keeps the last
+``_scan.selective_scan``, a custom autograd function that keeps only the state entering each
+chunk of a few steps and recomputes the rest in its hand-written backward (never all T states
+of ``D_in * d_state``); on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn``
+kernel. ``chunk_size`` is the operator's chunk (the scan sizes its own). ``step`` keeps the last
 ``d_conv`` conv inputs and the SSM state. ``operator`` is per channel ``[B, D_in, T, T]``,
 ``T_ij = C_i . (prod_{m=j+1..i} exp(Delta_m A)) Delta_j B_j`` plus ``D`` on the diagonal (the
 skip), applied to ``u`` *after* the short conv; the conv itself is outside the operator.

@@ -7,14 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import layers
-from layers import _scan
 from layers._scan import (_FactorisedChunks, _SelectiveScan, causal_operator,
                           chunked_linear_attention, naive_recurrence, selective_scan)
 from layers.phalanx import _SWR, jagged_operator, swr, swr_reference
@@ -168,24 +166,21 @@ def s6_loop(u, delta, A, Bm, Cm, D):
     return o[..., 0].transpose(1, 2) + D * u  # [B, T, Di]
 
 
-@pytest.mark.parametrize("keep", [False, True], ids=["recompute", "keep"])
-def test_selective_scan_gradcheck(keep):
-    """The hand-written backward in float64, across chunk boundaries and a ragged last chunk,
-    with the states recomputed per chunk or kept from the forward."""
+def test_selective_scan_gradcheck():
+    """The hand-written backward in float64, across chunk boundaries and a ragged last chunk."""
     def scan(u, delta, A, Bm, Cm, D):
         u, delta, Bm, Cm = (t.transpose(0, 1) for t in (u, delta, Bm, Cm))  # [T, B, .]
-        return _SelectiveScan.apply(u, delta, A.t(), Bm, Cm, D, 3, keep)
+        return _SelectiveScan.apply(u, delta, A.t(), Bm, Cm, D, 3)
     assert torch.autograd.gradcheck(scan, s6_inputs(2, 7, 3, 4, torch.float64))
 
 
-@pytest.mark.parametrize("keep", [False, True], ids=["recompute", "keep"])
 @pytest.mark.parametrize("chunk_size", [1, 16, 64, 128])
 @pytest.mark.parametrize("T", [63, 100])
-def test_selective_scan_matches_loop(T, chunk_size, keep):
+def test_selective_scan_matches_loop(T, chunk_size):
     """Output and all six input grads of the scan against the autograd loop, at odd lengths
     (chunk 64 splits 100 unevenly; 128 is one chunk)."""
     args = s6_inputs(2, T, 8, 5)
-    y = selective_scan(*args, chunk_size=chunk_size, keep_states=keep)
+    y = selective_scan(*args, chunk_size=chunk_size)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, args, g)
     y_ref = s6_loop(*args)
@@ -195,37 +190,13 @@ def test_selective_scan_matches_loop(T, chunk_size, keep):
         assert_rel_close(a, b, 1e-5, what=f"grad of {name}")
 
 
-def scan_saved_floats(B: int, T: int, Di: int, N: int, **kw: Any) -> int:
-    y = selective_scan(*s6_inputs(B, T, Di, N), chunk_size=16, **kw)
-    scan = y.grad_fn.next_functions[0][0]  # past the transpose back to [B, T, Di]
-    return sum(t.numel() for t in scan.saved_tensors)
-
-
 def test_selective_scan_saves_chunk_states_only():
-    """Beyond ``SCAN_KEEP`` (or with ``keep_states=False``) autograd holds the inputs and one
-    state per chunk, not the T states (B T Di N floats); below it, the T states and decays."""
+    """Autograd holds the inputs and one state per chunk, not the T states (B T Di N floats)."""
     B, T, Di, N = 2, 256, 8, 16
-    inputs_and_starts = 2 * B * T * (Di + N) + Di * N + Di + (T // 16) * B * N * Di
-    assert scan_saved_floats(B, T, Di, N, keep_states=False) == inputs_and_starts
-    assert B * T * Di * N <= _scan.SCAN_KEEP  # so by default it keeps them
-    assert scan_saved_floats(B, T, Di, N) == inputs_and_starts + 2 * B * T * Di * N
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_scan, "SCAN_KEEP", B * T * Di * N - 1)
-        assert scan_saved_floats(B, T, Di, N) == inputs_and_starts
-
-
-def test_selective_scan_keeps_states_only_for_a_backward(monkeypatch):
-    """The T states are kept only where autograd will call the backward: not under no_grad
-    (evaluation) nor for inputs that need no grad."""
-    seen = []
-    apply = _SelectiveScan.apply
-    monkeypatch.setattr(_SelectiveScan, "apply", lambda *a: seen.append(a[-1]) or apply(*a))
-    args = s6_inputs(2, 64, 8, 4)
-    selective_scan(*args)
-    with torch.no_grad():
-        selective_scan(*args)
-    selective_scan(*(t.detach() for t in args))
-    assert seen == [True, False, False]
+    y = selective_scan(*s6_inputs(B, T, Di, N), chunk_size=16)
+    scan = y.grad_fn.next_functions[0][0]  # past the transpose back to [B, T, Di]
+    saved = sum(t.numel() for t in scan.saved_tensors)
+    assert saved == 2 * B * T * (Di + N) + Di * N + Di + (T // 16) * B * N * Di
 
 
 # --- strong decay ----------------------------------------------------------------------------
