@@ -317,18 +317,32 @@ def _aggregate_table(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def correlations(summary: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-    """Across every (completed run, slice) point of the state-size task, all hyper-parameters
-    and seeds: rank and log-linear correlation of accuracy with ESS per key-value pair and
-    with TSS per key-value pair."""
-    points = [p for rows in summary.values() for r in rows for p in r.get("slices", [])]
-    if len(points) < 3:
-        return None
+def _correlate(points: list[dict[str, float]]) -> dict[str, Any]:
+    """Rank and log-linear correlation of the points' accuracy with ESS and TSS per pair."""
     acc = [p["acc"] for p in points]
     out: dict[str, Any] = {"n": len(points)}
     for k in ("ess_per_kv", "tss_per_kv"):
         logs = [math.log(p[k]) for p in points]
         out[k] = {"spearman": spearman(logs, acc), "pearson_log": pearson(logs, acc)}
+    return out
+
+
+def correlations(summary: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Across every (completed run, slice) point of the state-size task, all hyper-parameters
+    and seeds: rank and log-linear correlation of accuracy with ESS per key-value pair and
+    with TSS per key-value pair. ``groups`` repeats it within each suite, and within each
+    mixer of a suite (where a row's width or other options vary the state)."""
+    rows = [r for rs in summary.values() for r in rs if r.get("slices")]
+    points = [p for r in rows for p in r["slices"]]
+    if len(points) < 3:
+        return None
+    out = _correlate(points)
+    by: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    for r in rows:
+        suite = r.get("suite") or "-"
+        by[(suite, "")] += r["slices"]
+        by[(suite, r["layer"])] += r["slices"]
+    out["groups"] = {k: _correlate(v) for k, v in sorted(by.items()) if len(v) >= 3}
     return out
 
 
@@ -340,16 +354,30 @@ def _correlation_section(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
     def f(v: float | None) -> str:
         return "–" if v is None else f"{v:+.3f}"
 
-    return ["## Effective state size against accuracy (state_size task)", "",
-            f"Over {c['n']} points (every completed run of `task=state_size`, all learning rates "
-            "and seeds, x key-value slice): "
-            "the correlation of the slice's test accuracy with the state per key-value pair, "
-            "measured (ESS, tolerance) and theoretical (TSS). arXiv 2504.19561 finds ESS per "
-            "pair the better predictor.", "",
-            "| state per kv pair | Spearman rho | Pearson r (log x) |", "|---|---|---|",
-            f"| ESS / kv | {f(c['ess_per_kv']['spearman'])} | {f(c['ess_per_kv']['pearson_log'])} |",
-            f"| TSS / kv | {f(c['tss_per_kv']['spearman'])} | {f(c['tss_per_kv']['pearson_log'])} |",
-            ""]
+    def row(name: str, g: dict[str, Any]) -> str:
+        e, t = g["ess_per_kv"], g["tss_per_kv"]
+        if e["spearman"] is None or t["spearman"] is None:
+            better = "–"
+        else:  # as printed, to three decimals
+            better = {1: "ESS", -1: "TSS", 0: "tie"}[
+                (round(e["spearman"], 3) > round(t["spearman"], 3))
+                - (round(e["spearman"], 3) < round(t["spearman"], 3))]
+        return (f"| {name} | {g['n']} | {f(e['spearman'])} | {f(t['spearman'])} | {better} | "
+                f"{f(e['pearson_log'])} | {f(t['pearson_log'])} |")
+
+    lines = ["## Effective state size against accuracy (state_size task)", "",
+             f"Over {c['n']} points (every completed run of `task=state_size`, all learning "
+             "rates and seeds, x key-value slice): "
+             "the correlation of the slice's test accuracy with the state per key-value pair, "
+             "measured (ESS, tolerance) and theoretical (TSS). arXiv 2504.19561 finds ESS per "
+             "pair the better predictor. Below the pooled row, the same within each suite and "
+             "within each mixer of a suite.", "",
+             "| points | n | ESS / kv Spearman | TSS / kv Spearman | higher | "
+             "ESS / kv Pearson (log x) | TSS / kv Pearson (log x) |",
+             "|---|---|---|---|---|---|---|", row("all", c)]
+    for (suite, layer), g in c["groups"].items():
+        lines.append(row(f"{suite}: {layer}" if layer else f"suite {suite}", g))
+    return lines + [""]
 
 
 def _variant_table(rows: list[dict[str, Any]]) -> list[str]:

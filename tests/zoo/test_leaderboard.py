@@ -166,7 +166,9 @@ def test_state_size_slices_give_the_ess_and_tss_correlations(tmp_path):
     c = leaderboard.correlations(leaderboard.summarise(leaderboard.load_records(d)[0]))
     assert c["n"] == 4 and c["ess_per_kv"]["spearman"] == pytest.approx(1.0)
     assert c["tss_per_kv"]["spearman"] == pytest.approx(-0.4)  # 1 - 6*14/(4*15)
-    assert "| ESS / kv | +1.000 |" in leaderboard.build(d)
+    assert "| all | 4 | +1.000 | -0.400 | ESS |" in leaderboard.build(d)
+    assert c["groups"][("s", "")]["n"] == 4  # the suite; each one-run mixer has 1 point
+    assert ("s", "m0") not in c["groups"]
     # a run of a learning rate that validation did not select is a point all the same
     r = rec("s9", 9e-9, 0, 0.1, 0.3, layer="m0")  # validation 0.1 < 0.5: not selected
     r["task"] = r["config"]["task"]["name"] = "state_size"
