@@ -30,8 +30,11 @@ def _canon(obj: Any) -> str:
 
 
 def row_key(cfg: dict[str, Any]) -> str:
-    """What defines a leaderboard row: the task setting and the architecture."""
-    return _canon({"task": cfg["task"], "layer": cfg["layer"], "model": cfg["model"]})
+    """What defines a leaderboard row: the task setting, the architecture and the suite (runs
+    of one setting in two suites, e.g. the tier and a longer study, are never pooled nor
+    selected between)."""
+    return _canon({"task": cfg["task"], "layer": cfg["layer"], "model": cfg["model"],
+                   "suite": cfg.get("suite")})
 
 
 def hp_key(cfg: dict[str, Any]) -> str:
@@ -218,10 +221,11 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
         ok = [r for r in rows if "test" in r]
         ppl = any("ppl" in r for r in ok)  # language modelling: perplexity leads
         lines += [f"## {task}", "",
-                  "| layer | model | setting | " + ("test ppl | " if ppl else "")
+                  "| layer | model | setting | suite | " + ("test ppl | " if ppl else "")
                   + "test acc | test exact match | val acc | params "
                   "| state size | ESS | tokens/s | wall s | lr | failed |",
-                  "|---|---|---|" + ("---|" if ppl else "") + "---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|" + ("---|" if ppl else "")
+                  + "---|---|---|---|---|---|---|---|---|---|"]
         best_test = _best([r["test"][0] for r in ok], True)
         best_ppl = _best([r["ppl"][0] for r in ok if "ppl" in r], False)
         best_params = _best([r["params"] for r in ok], False)
@@ -234,16 +238,17 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
         def order(r: dict[str, Any]) -> tuple:
             head = (r["ppl"][0] if "ppl" in r else math.inf) if ppl else -r.get(
                 "test", (-1.0,))[0]
-            return (head, r["layer"], r["model"], r["setting"])
+            return (head, r["layer"], r["model"], r["setting"], r["suite"] or "")
 
         for r in sorted(rows, key=order):
             if "test" not in r:
-                lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | – | – | – | – "
+                lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | {r['suite'] or '–'} "
+                             "| – | – | – | – "
                              + ("| – " if ppl else "")
                              + f"| – | – | – | – | – | {r['failed']} |")
                 continue
             lines.append(
-                f"| {r['layer']} | {r['model']} | {r['setting']} "
+                f"| {r['layer']} | {r['model']} | {r['setting']} | {r['suite'] or '–'} "
                 + (f"| {mark(_fmt_ms(r['ppl'], r['n']), r['ppl'][0], best_ppl)} "
                    if ppl else "")
                 + f"| {mark(_fmt_ms(r['test'], r['n']), r['test'][0], best_test)} "
@@ -389,12 +394,13 @@ def _variant_table(rows: list[dict[str, Any]]) -> list[str]:
     variants = sorted({v for r in rows for v in r["by_variant"]}, key=_variant_order)
     lines = ["Test token accuracy / exact match (whole example right) by evaluation length or "
              "variant, selected runs, mean over seeds:", "",
-             "| layer | model | setting | " + " | ".join(variants) + " |",
-             "|---|---|---|" + "---|" * len(variants)]
-    for r in sorted(rows, key=lambda r: (r["layer"], r["model"], r["setting"])):
+             "| layer | model | setting | suite | " + " | ".join(variants) + " |",
+             "|---|---|---|---|" + "---|" * len(variants)]
+    for r in sorted(rows, key=lambda r: (r["layer"], r["model"], r["setting"], r["suite"] or "")):
         cells = [f"{r['by_variant'][v][0]:.3f} / {r['by_variant'][v][1]:.3f}"
                  if v in r["by_variant"] else "–" for v in variants]
-        lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['layer']} | {r['model']} | {r['setting']} | {r['suite'] or '–'} | "
+                     + " | ".join(cells) + " |")
     return lines + [""]
 
 

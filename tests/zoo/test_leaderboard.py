@@ -99,9 +99,27 @@ def test_per_length_table(tmp_path):
                              "test/exact_match@len=64": a64 / 2, "test/exact_match@len=128": 0.0})
         write_record(d, r)
     text = leaderboard.build(d)
-    header = next(line for line in text.splitlines() if line.startswith("| layer | model | setting | len="))
+    header = next(line for line in text.splitlines()
+                  if line.startswith("| layer | model | setting | suite | len="))
     assert header.index("len=64") < header.index("len=128"), "lengths sorted numerically"
     assert "| 0.950 / 0.475 | 0.600 / 0.000 |" in text
+
+
+def test_runs_of_two_suites_are_separate_rows(tmp_path):
+    """The same setting and architecture in two suites (the tier and a longer study) gives two
+    rows: a longer run of one suite is never selected into the other's row."""
+    d = tmp_path / "results"
+    for seed in range(3):
+        write_record(d, _suite_rec(f"t{seed}", "state_size", "gla", seed, 0.3, 0.2))
+    study = _suite_rec("s0", "state_size", "gla", 0, 0.9, 0.8)
+    study["config"]["suite"] = "study"
+    study["config"]["trainer"] = {"max_steps": 2000}  # another hyper-parameter
+    write_record(d, study)
+    rows = leaderboard.summarise(leaderboard.load_records(d)[0])["state_size"]
+    by_suite = {r["suite"]: r for r in rows}
+    assert set(by_suite) == {"s", "study"}
+    assert by_suite["s"]["n"] == 3 and by_suite["s"]["test"][0] == pytest.approx(0.2)
+    assert by_suite["study"]["n"] == 1 and by_suite["study"]["test"][0] == pytest.approx(0.8)
 
 
 def _write_many(args):
