@@ -167,6 +167,9 @@ class Attention(SequenceMixer):
     def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
         return self._merge((op @ self._values(x).float()).to(x.dtype))
 
+    def operator_channels(self) -> int:
+        return self.head_dim
+
     def init_state(self, batch: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> dict[str, Any]:
         empty = torch.zeros(batch, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)

@@ -9,14 +9,17 @@ Per head, with row vectors ``q_t, k_t in R^dk``, ``v_t in R^dv`` and ``S_0 = 0``
 
 ``gate="vector"`` (default) gives one decay per key channel; ``gate="scalar"`` one per head.
 Defaults follow the reference library: 4 heads, ``expand_k=0.5`` (dk_total = D/2),
-``expand_v=1.0``, no biases on q/k/v/r/o.
+``expand_v=1.0``, no biases on q/k/v/r/o. ``short_conv=k > 0`` (default 0, off) puts fla's
+short convolution on q, k, v after their projections: ``silu(conv_causal(.))``, depthwise,
+k taps (``_shortconv.py``).
 
 Paths: ``reference`` is the loop over time (``_scan.naive_recurrence``); ``forward`` the chunked
 form in log space (``_scan.chunked_linear_attention``, linear in T, stable under strong decay);
 on CUDA with ``fla`` installed, fla's ``chunk_gla`` kernel. ``step`` is the recurrence on one
 token. ``operator`` is per head ``T_ij = (q_i / sqrt(dk)) . (prod_{m=j+1..i} alpha_m * k_j)``,
 applied to ``v`` before the norm, gate and output projection.
-State size: ``H dk dv`` floats, constant in T.
+State size: ``H dk dv`` floats (plus ``(k - 1) D`` inputs with the short convolution),
+constant in T.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import nn
 
 from ._scan import (call_time_major, causal_operator, chunked_linear_attention, kernel_module,
                     naive_recurrence)
+from ._shortconv import ShortConv
 from .registry import SequenceMixer, register
 
 GATES = ("vector", "scalar")
@@ -40,7 +44,8 @@ class GatedLinearAttention(SequenceMixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
                  expand_k: float = 0.5, expand_v: float = 1.0, gate: str = "vector",
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0,
-                 chunk_size: int = 32, norm_eps: float = 1e-5, use_kernels: bool = True) -> None:
+                 chunk_size: int = 32, norm_eps: float = 1e-5, short_conv: int = 0,
+                 use_kernels: bool = True) -> None:
         super().__init__()
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
         if num_heads <= 0 or key_dim % num_heads or value_dim % num_heads or key_dim == 0:
@@ -62,6 +67,7 @@ class GatedLinearAttention(SequenceMixer):
             nn.Linear(gate_low_rank_dim, key_dim if gate == "vector" else num_heads, bias=True))
         self.norm = nn.RMSNorm(self.dv, eps=norm_eps)
         self.out = nn.Linear(value_dim, d_model, bias=False)
+        self.short_conv = ShortConv(2 * key_dim + value_dim, short_conv, "gla")  # q, k, v
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q (scaled), k ``[B, H, T, dk]``, v ``[B, H, T, dv]``, log alpha ``[B, H, T, dk|1]``
@@ -69,7 +75,8 @@ class GatedLinearAttention(SequenceMixer):
         B, T, _ = x.shape
         H = self.num_heads
         K, V = self.key_dim, self.value_dim
-        q, k, v, r = self.proj(x).split([K, K, V, V], -1)
+        qkv, r = self.proj(x).split([2 * K + V, V], -1)
+        q, k, v = self.short_conv(qkv).split([K, K, V], -1)
         q = q.view(B, T, H, self.dk).transpose(1, 2) / math.sqrt(self.dk)  # [B, H, T, dk]
         k = k.view(B, T, H, self.dk).transpose(1, 2)  # [B, H, T, dk]
         v = v.view(B, T, H, self.dv).transpose(1, 2)  # [B, H, T, dv]
@@ -107,18 +114,26 @@ class GatedLinearAttention(SequenceMixer):
         return self._out(op @ v.float(), r)
 
     def init_state(self, batch: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> torch.Tensor:
-        """S ``[B, H, dk, dv]``, kept in fp32 whatever ``dtype`` the activations use."""
-        return torch.zeros(batch, self.num_heads, self.dk, self.dv, device=device,
-                           dtype=torch.float32)
+                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """``S [B, H, dk, dv]``, kept in fp32 whatever ``dtype`` the activations use; ``x``
+        the short convolution's last inputs ``[B, k - 1, D]`` (empty without it)."""
+        return {"S": torch.zeros(batch, self.num_heads, self.dk, self.dv, device=device,
+                                 dtype=torch.float32),
+                "x": self.short_conv.init_window(batch, self.d_model, device, dtype)}
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v, g, r = self._streams(x_t[:, None, :])
-        o, state = naive_recurrence(q, k, v, g, initial_state=state)
-        return self._out(o, r)[:, 0], state
+    def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        window, past = self.short_conv.window(state["x"], x_t)
+        q, k, v, g, r = (t[..., -1:, :] for t in self._streams(window))  # the newest token
+        o, S = naive_recurrence(q, k, v, g, initial_state=state["S"])
+        return self._out(o, r)[:, 0], {"S": S, "x": past}
 
     def state_size(self, seq_len: int) -> int:
-        return self.num_heads * self.dk * self.dv
+        return (self.num_heads * self.dk * self.dv
+                + max(self.short_conv.kernel_size - 1, 0) * self.d_model)
+
+    def operator_channels(self) -> int:
+        return self.dv
 
 
 def _fla_chunk_gla(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

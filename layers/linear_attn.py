@@ -7,14 +7,17 @@ Per head (``S in R^{dk x dv}``, ``S_0 = 0``):
     optional normaliser:  o_t / (phi(q_t) . z_t + eps),   z_t = sum_{j<=t} phi(k_j)
     y = W_o concat_h o
 
-``phi``: ``identity`` (default), ``elu+1``, ``relu``. Parallel form ``O = ((Q K^T) * M) V``;
+``phi``: ``identity`` (default), ``elu+1``, ``relu``. ``short_conv=k > 0`` (default 0, off) puts
+fla's short convolution on q, k, v after their projection, before ``phi``:
+``silu(conv_causal(.))``, depthwise, k taps (``_shortconv.py``). Parallel form ``O = ((Q K^T) * M) V``;
 ``forward`` is the chunked form (``_scan.chunked_linear_attention`` without decay), linear in T.
 The normaliser is the same recurrence on an extra all-ones value column (``z_t`` rides along
 as column ``dv`` of the state). On CUDA with ``fla`` installed, fla's ``chunk_linear_attn``.
 
 Paths: ``reference`` loops over time; ``step`` runs that loop on one token. ``operator`` is
 ``(phi(Q) phi(K)^T) * M`` per head (row-normalised with the normaliser), applied to v.
-State size: ``H dk dv`` floats (``H dk (dv + 1)`` with the normaliser), constant in T.
+State size: ``H dk dv`` floats (``H dk (dv + 1)`` with the normaliser; plus ``(k - 1) D`` inputs
+with the short convolution), constant in T.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._scan import call_time_major, chunked_linear_attention, kernel_module, naive_recurrence
+from ._shortconv import ShortConv
 from .registry import SequenceMixer, register
 
 FEATURE_MAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -40,7 +44,7 @@ EPS = 1e-6
 class LinearAttention(SequenceMixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
                  feature_map: str = "identity", normalize: bool = False, chunk_size: int = 64,
-                 use_kernels: bool = True) -> None:
+                 short_conv: int = 0, use_kernels: bool = True) -> None:
         super().__init__()
         if num_heads <= 0 or d_model % num_heads:
             raise ValueError(f"linear_attn: d_model={d_model} is not divisible by "
@@ -56,11 +60,13 @@ class LinearAttention(SequenceMixer):
         self.layer_idx = layer_idx
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
+        self.short_conv = ShortConv(3 * d_model, short_conv, "linear_attn")
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """phi(q), phi(k) ``[B, H, T, dk]`` and v ``[B, H, T, dv]``."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
+        qkv = self.short_conv(self.qkv(x))
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
         return self.phi(q), self.phi(k), v
 
@@ -108,19 +114,27 @@ class LinearAttention(SequenceMixer):
         return self._merge(op @ v.float())
 
     def init_state(self, batch: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> torch.Tensor:
-        """S ``[B, H, dk, dv (+1)]`` in fp32."""
+                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """``S [B, H, dk, dv (+1)]`` in fp32; ``x`` the short convolution's last inputs
+        ``[B, k - 1, D]`` (empty without it)."""
         dv = self.head_dim + int(self.normalize)
-        return torch.zeros(batch, self.num_heads, self.head_dim, dv, device=device,
-                           dtype=torch.float32)
+        return {"S": torch.zeros(batch, self.num_heads, self.head_dim, dv, device=device,
+                                 dtype=torch.float32),
+                "x": self.short_conv.init_window(batch, self.d_model, device, dtype)}
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v = self._streams(x_t[:, None, :])
-        o, state = naive_recurrence(q, k, self._values(v), initial_state=state)
-        return self._out(o)[:, 0], state
+    def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        window, past = self.short_conv.window(state["x"], x_t)
+        q, k, v = (t[..., -1:, :] for t in self._streams(window))  # the newest token
+        o, S = naive_recurrence(q, k, self._values(v), initial_state=state["S"])
+        return self._out(o)[:, 0], {"S": S, "x": past}
 
     def state_size(self, seq_len: int) -> int:
-        return self.num_heads * self.head_dim * (self.head_dim + int(self.normalize))
+        return (self.num_heads * self.head_dim * (self.head_dim + int(self.normalize))
+                + max(self.short_conv.kernel_size - 1, 0) * self.d_model)
+
+    def operator_channels(self) -> int:
+        return self.head_dim
 
 
 def _fla_linear_attn(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,9 @@ class Mamba(SequenceMixer):
         y = (op @ u.float().transpose(1, 2)[..., None])[..., 0]  # [B, Di, T]
         return self._out(y.transpose(1, 2), None, z)  # the skip is inside op
 
+    def operator_channels(self) -> int:
+        return 1  # one operator per channel
+
     def init_state(self, batch: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """``conv``: the last d_conv conv inputs ``[B, Di, d_conv]`` (activation dtype);

@@ -190,6 +190,9 @@ class Phalanx(SequenceMixer):
         _, u, c, v = self._streams(x)
         return self._out(op @ u, c, v)
 
+    def operator_channels(self) -> int:
+        return self.head_dim
+
     def init_state(self, batch: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> dict[str, Any]:
         """fp32 ``h_loc``, ``c_prev`` ``[B, H, hd]``; ``r_pref`` ``[B, H, 1]`` (shared by a head's

@@ -145,6 +145,13 @@ class SequenceMixer(Mixer):
     def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not a linear operator")
 
+    def operator_channels(self) -> int:
+        """How many value channels each head of ``operator`` mixes (``apply_operator`` applies
+        the ``[B, heads, T, T]`` operator to values ``[B, heads, T, channels]``). A head whose
+        operator has rank r at a position carries r floats per channel there, so
+        ``heads * channels * ESS`` is a layer's ESS in the units of ``state_size``."""
+        raise NotImplementedError(f"{type(self).__name__} is not a linear operator")
+
     @classmethod
     def supports(cls, method: str) -> bool:
         """Whether a subclass implements an optional contract method."""

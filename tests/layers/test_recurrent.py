@@ -68,6 +68,26 @@ def test_gla_options_match_reference(opts):
     check_against_reference(make("gla", **opts), inputs(100, B=2))
 
 
+@pytest.mark.parametrize("T", [1, 2, 63, 100])
+@pytest.mark.parametrize("name", ["linear_attn", "gla"])
+def test_short_conv_matches_reference(name, T):
+    check_against_reference(make(name, short_conv=4, chunk_size=16), inputs(T, B=2))
+
+
+@pytest.mark.parametrize("name", ["linear_attn", "gla"])
+def test_short_conv_reads_the_previous_tokens(name):
+    """With the convolution, a change at t0 reaches outputs t0..; its taps reach back
+    kernel_size - 1 tokens, so zeroing the conv weights' older taps changes the output."""
+    m = make(name, short_conv=3)
+    x = inputs(20, B=2)
+    with torch.no_grad():
+        y = m(x)
+        m.short_conv.conv.weight[..., :2] = 0  # keep only the current token's tap
+        y_now = m(x)
+    assert m.short_conv.conv.weight.shape[-1] == 3
+    assert not torch.allclose(y, y_now), f"{name}: the short conv's older taps have no effect"
+
+
 @pytest.mark.parametrize("name", RECURRENT)
 @pytest.mark.parametrize("T", [1, 15, 16, 17])
 def test_short_and_block_edge_lengths(name, T):
@@ -253,9 +273,27 @@ def test_state_size_is_constant(name, expected):
     assert {m.state_size(T) for T in (1, 100, 10**6)} == {expected}
 
 
-@pytest.mark.parametrize("name", RECURRENT)
-def test_step_matches_forward_across_chunks(name):
-    m = make(name, **({} if name == "phalanx" else {"chunk_size": 16}))
+@pytest.mark.parametrize("name", ["linear_attn", "gla"])
+def test_short_conv_operator_reproduces_forward(name):
+    m, x = make(name, short_conv=4), inputs(63, B=2)
+    with torch.no_grad():
+        y, op = m(x), m.operator(x)
+        assert_rel_close(m.apply_operator(x, op), y, 1e-4, what=f"{name} operator vs forward")
+
+
+@pytest.mark.parametrize("name,opts", [("linear_attn", {"short_conv": 4}),
+                                       ("gla", {"short_conv": 4}), ("gla", {"short_conv": 1})])
+def test_state_size_counts_the_short_conv_inputs(name, opts):
+    assert make(name, **opts).state_size(64) == make(name).state_size(64) + (
+        opts["short_conv"] - 1) * D
+
+
+@pytest.mark.parametrize("name,opts", [
+    *((n, {} if n == "phalanx" else {"chunk_size": 16}) for n in RECURRENT),
+    ("linear_attn", {"chunk_size": 16, "short_conv": 4, "normalize": True}),
+    ("gla", {"chunk_size": 16, "short_conv": 4})], ids=str)
+def test_step_matches_forward_across_chunks(name, opts):
+    m = make(name, **opts)
     x = inputs(70, B=2)
     with torch.no_grad():
         y = m(x)
@@ -360,6 +398,8 @@ def test_mamba_initialisation():
     ("gla", {"num_heads": 3}, "divisible by num_heads=3"),
     ("linear_attn", {"feature_map": "softmax"}, "feature_map='softmax'"),
     ("mamba", {"dt_rank": 0}, "dt_rank"),
+    ("gla", {"short_conv": -1}, "short_conv"),
+    ("linear_attn", {"short_conv": 2.5}, "short_conv"),
 ])
 def test_bad_options_fail_clearly(name, opts, message):
     with pytest.raises(ValueError, match=message):
