@@ -11,20 +11,23 @@ mixer's actual input (``block.norm1`` of the residual stream, captured by a hook
 ``tasks.ess`` gives tolerance- and entropy-ESS at every position, head and sequence.
 
 Units. ESS counts a rank per head; TSS is ``mixer.state_size(T)`` in floats for the whole
-layer. The layer's ESS is the mean per-head ESS times the number of heads, and utilisation is
-that over TSS: comparable between runs of one layer family, while across families it also
-reflects how many floats each family spends per unit of rank (``dv`` per key for GLA).
+layer. A head's operator mixes ``mixer.operator_channels()`` value channels (``dv`` for
+attention, linear attention and GLA, 1 for Mamba's per-channel operators), and a rank ``r``
+there means ``r`` floats of state per channel, so the layer's ESS in floats is
+``heads * channels * (mean per-head ESS)``: the number compared with TSS (utilisation, at most
+1 where TSS is the whole state) and, per key-value pair, with accuracy across families.
 
 What a run records (``record["ess"]``, from ``ess_summary``; positions and sequences sampled
 as its docstring says):
 
-- ``layers[str(i)]``: ``mixer``, ``heads``, ``tolerance`` and ``entropy`` (mean per-head ESS
-  over positions, heads and sequences), ``tss`` (floats), ``utilisation``
-  (``heads * tolerance / tss``); ``None`` for a mixer that is not a linear operator.
+- ``layers[str(i)]``: ``mixer``, ``heads``, ``channels`` (per head), ``tolerance`` and
+  ``entropy`` (mean per-head ESS over positions, heads and sequences), ``tss`` (floats),
+  ``utilisation`` (``heads * channels * tolerance / tss``); ``None`` for a mixer that is not a
+  linear operator.
 - ``total``: the model's numbers, as arXiv 2504.19561 aggregates them: ESS averaged over the
-  sequence positions, summed over heads and over layers. ``tolerance_ess`` =
-  ``sum_layers heads * tolerance``, ``entropy_ess`` likewise, ``tss`` = ``sum_layers tss``
-  (operator layers only); ``None`` when no layer is a linear operator.
+  sequence positions, summed over heads, channels and layers. ``tolerance_ess`` =
+  ``sum_layers heads * channels * tolerance`` (floats), ``entropy_ess`` likewise, ``tss`` =
+  ``sum_layers tss`` (operator layers only); ``None`` when no layer is a linear operator.
 - ``slices["<variant>"]`` (runs whose task has test variants, e.g. ``kv=8`` of
   ``task=state_size``): the same ``total`` numbers measured on that variant's own test inputs,
   its ``layers``, and for MQAR-like variants (``num_kv_pairs`` = ``kv``) ``kv``,
@@ -82,7 +85,8 @@ def layer_ess(model: Backbone, tokens: torch.Tensor, positions: Sequence[int] | 
             with torch.no_grad():
                 op = mixer.operator(x)  # [B, heads, T, T]
             out.append({"mixer": mixer.registry_name, "ess": E.ess(op, positions, tol=tol),
-                        "heads": op.shape[1], "tss": int(mixer.state_size(T))})
+                        "heads": op.shape[1], "channels": mixer.operator_channels(),
+                        "tss": int(mixer.state_size(T))})
     finally:
         model.train(was_training)
     return out
@@ -90,9 +94,15 @@ def layer_ess(model: Backbone, tokens: torch.Tensor, positions: Sequence[int] | 
 
 def _layer_row(entry: dict[str, Any]) -> dict[str, Any]:
     s = E.summary(entry["ess"])
-    return {"mixer": entry["mixer"], "heads": entry["heads"], "tolerance": s["tolerance"],
-            "entropy": s["entropy"], "tss": entry["tss"],
-            "utilisation": entry["heads"] * s["tolerance"] / entry["tss"] if entry["tss"] else None}
+    width = entry["heads"] * entry["channels"]
+    return {"mixer": entry["mixer"], "heads": entry["heads"], "channels": entry["channels"],
+            "tolerance": s["tolerance"], "entropy": s["entropy"], "tss": entry["tss"],
+            "utilisation": width * s["tolerance"] / entry["tss"] if entry["tss"] else None}
+
+
+def layer_floats(row: dict[str, Any], kind: str = "tolerance") -> float:
+    """A recorded layer's ESS in floats: ``heads * channels * ESS`` (see Units)."""
+    return row["heads"] * row["channels"] * row[kind]
 
 
 def ess_summary(model: Backbone, tokens: torch.Tensor, max_sequences: int = 8,
@@ -114,12 +124,12 @@ def ess_summary(model: Backbone, tokens: torch.Tensor, max_sequences: int = 8,
 
 
 def _total(layers_out: dict[str, dict[str, Any] | None]) -> dict[str, float] | None:
-    """The model's ESS and TSS: per-layer ESS (mean per head times heads) summed over layers."""
+    """The model's ESS and TSS: per-layer ESS in floats summed over layers."""
     rows = [r for r in layers_out.values() if r is not None]
     if not rows:
         return None
-    return {"tolerance_ess": sum(r["heads"] * r["tolerance"] for r in rows),
-            "entropy_ess": sum(r["heads"] * r["entropy"] for r in rows),
+    return {"tolerance_ess": sum(layer_floats(r) for r in rows),
+            "entropy_ess": sum(layer_floats(r, "entropy") for r in rows),
             "tss": sum(r["tss"] for r in rows)}
 
 
@@ -187,7 +197,7 @@ def table(per_layer: list[dict[str, Any] | None]) -> list[str]:
             t, en = res.tolerance[:, h], res.entropy[:, h]  # [B, P]
             rows.append(f"| {i} | {r['mixer']} | {h} | {float(t.mean()):.2f} "
                         f"| {float(en.mean()):.2f} | {float(t.mean(0).max()):.1f} | | |")
-        util = "n/a" if r["utilisation"] is None else f"{r['utilisation']:.2e}"
+        util = "n/a" if r["utilisation"] is None else f"{r['utilisation']:.3f}"
         rows.append(f"| {i} | {r['mixer']} | all | {r['tolerance']:.2f} | {r['entropy']:.2f} "
                     f"| | {r['tss']:,} | {util} |")
     return rows

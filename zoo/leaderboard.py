@@ -131,9 +131,10 @@ def selection(cfg: dict[str, Any]) -> tuple[str, int]:
 
 
 def _mean_ess(recs: list[dict[str, Any]]) -> float | None:
-    """Tolerance-ESS per head, summed over layers, mean over the runs that measured it."""
-    vals = [sum(layer["tolerance"] * layer["heads"] for layer in r["ess"]["layers"].values())
-            for r in recs if isinstance(r.get("ess"), dict) and r["ess"].get("layers")]
+    """The model's tolerance-ESS in floats (``record["ess"]["total"]``, see zoo.ess), mean over
+    the runs that measured it."""
+    vals = [r["ess"]["total"]["tolerance_ess"] for r in recs
+            if isinstance(r.get("ess"), dict) and r["ess"].get("total")]
     return statistics.fmean(vals) if vals else None
 
 
@@ -219,7 +220,9 @@ def render(summary: dict[str, list[dict[str, Any]]], n_records: int,
              "task (highest accuracy and throughput, lowest parameters and state size).",
              "State size is the theoretical state (floats) of all sequence mixers at the "
              "training length; ESS is the measured effective state size (tolerance-ESS, "
-             "python -m zoo.ess) summed over heads and layers, mean over positions; throughput is training tokens/s on the machine of the run, and "
+             "python -m zoo.ess) in floats, like the state size: each head's rank times the "
+             "value channels it mixes, summed over heads and layers, mean over positions; "
+             "throughput is training tokens/s on the machine of the run, and "
              "wall s the whole run (data, training, validation, test) in seconds; both depend on "
              "what else the machine was running.", ""]
     for task, rows in summary.items():
@@ -375,7 +378,7 @@ def _correlation_section(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
              f"Over {c['n']} points (every completed run of `task=state_size`, all learning "
              "rates and seeds, x key-value slice): "
              "the correlation of the slice's test accuracy with the state per key-value pair, "
-             "measured (ESS, tolerance) and theoretical (TSS). arXiv 2504.19561 finds ESS per "
+             "measured (ESS, tolerance, in floats) and theoretical (TSS, floats). arXiv 2504.19561 finds ESS per "
              "pair the better predictor. Below the pooled row, the same within each suite and "
              "within each mixer of a suite.", "",
              "| points | n | ESS / kv Spearman | TSS / kv Spearman | higher | "

@@ -76,6 +76,36 @@ def test_phalanx_ess_is_at_most_2_per_head():
     assert (r.tolerance <= 2).all() and (r.tolerance == 2).any()
 
 
+OPERATORS = [n for n in layers.names("sequence") if layers.get(n).supports("operator")]
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_ess_in_floats_is_at_most_the_state_size(name):
+    """A head's rank times the value channels it mixes is state the layer must hold, so no
+    layer's ESS in floats (zoo.ess's units) exceeds its theoretical state size."""
+    T, torch_seed = 48, 0
+    torch.manual_seed(torch_seed)
+    m = layers.build(name, 32).eval()
+    with torch.no_grad():
+        op = m.operator(torch.randn(2, T, 32))
+    floats = m.operator_channels() * E.ess(op, tol=TINY).tolerance.sum(-2)
+    assert (floats <= m.state_size(T)).all(), f"{name}: ESS {floats.max()} > TSS"
+
+
+@pytest.mark.parametrize("name,opts", [("linear_attn", {}), ("linear_attn", {"short_conv": 4}),
+                                       ("gla", {}), ("gla", {"short_conv": 4})], ids=str)
+def test_full_rank_linear_attention_uses_all_of_its_state(name, opts):
+    """At initialisation (random q, k) every head has rank dk away from the edges, so the ESS in
+    floats is exactly the state the layer holds (the short conv's inputs aside)."""
+    torch.manual_seed(0)
+    m = layers.build(name, 32, **opts).eval()
+    with torch.no_grad():
+        op = m.operator(torch.randn(1, 64, 32))
+    floats = m.operator_channels() * E.ess(op, range(16, 49)).tolerance.sum(-2)
+    conv = max(opts.get("short_conv", 0) - 1, 0) * 32
+    assert (floats == m.state_size(64) - conv).all()
+
+
 def test_softmax_attention_ess_grows_with_position():
     op = mixer_operator("attention", T=128)  # head dim 16
     r = E.ess(op)

@@ -254,3 +254,31 @@ def test_committed_leaderboard_is_up_to_date(tmp_path):
     for line in (repo / "leaderboard.md").read_text().splitlines():
         if line.startswith("- [") and "](plots/" in line:
             assert (repo / line.split("](", 1)[1].rstrip(")")).exists(), line
+
+
+def test_committed_records_give_ess_in_floats():
+    """Every committed record's ESS totals are in zoo.ess's units (floats: heads x value
+    channels x per-head ESS, summed over layers), slice by slice, as the leaderboard compares
+    them with the state size."""
+    from pathlib import Path
+
+    from zoo.record import load_records
+    records, _ = load_records(Path(__file__).resolve().parents[2] / "results")
+    measured = [r for r in records if isinstance(r.get("ess"), dict)]
+    if not measured:
+        pytest.skip("no records with an ESS summary in this checkout")
+
+    def check(entry, total):
+        rows = [row for row in entry.values() if row is not None]
+        assert all(row["channels"] >= 1 for row in rows)
+        assert total["tolerance_ess"] == pytest.approx(
+            sum(row["heads"] * row["channels"] * row["tolerance"] for row in rows))
+
+    for r in measured:
+        if r["ess"].get("total"):
+            check(r["ess"]["layers"], r["ess"]["total"])
+        for sl in (r["ess"].get("slices") or {}).values():
+            if sl:
+                check(sl["layers"], sl)
+                if sl.get("kv"):
+                    assert sl["ess_per_kv"] == pytest.approx(sl["tolerance_ess"] / sl["kv"])
