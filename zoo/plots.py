@@ -110,24 +110,32 @@ def draw_all(summary: Summary, out_dir: Path,
 
     if "ess_vs_accuracy.png" in names:
         points = [p for rows in sel.values() for r in rows for p in r.get("slices", [])
-                  for p in [{**p, "layer": r["layer"]}]]
-        fig, axes = _grid(3 if points else 1, plt)
+                  for p in [{**p, "layer": r["layer"], "suite": r.get("suite") or "-"}]]
+        suites = sorted({p["suite"] for p in points})
+        fig, axes = _grid(3 * (1 + len(suites)) if points else 1, plt)
         with_ess = [r for rows in sel.values() for r in rows if r.get("ess") is not None]
         for layer, group in sorted(_by_layer(with_ess).items()):
             axes[0].scatter([r["ess"] for r in group], [r["test"][0] for r in group],
                             color=colors[layer], s=18)
         axes[0].set_xscale("log")
-        axes[0].set(title="all tasks", xlabel="ESS (tolerance, summed over heads and layers)",
+        axes[0].set(title="all tasks", xlabel="ESS (floats, tolerance)",
                     ylabel="test accuracy", ylim=(-0.02, 1.02))
-        for ax, key, label in zip(axes[1:], ("ess_per_kv", "tss_per_kv"),
-                                  ("ESS per key-value pair", "TSS per key-value pair")):
-            for layer, group in sorted(_by_layer(points).items()):
-                ax.scatter([p[key] for p in group], [p["acc"] for p in group],
-                           color=colors[layer], s=18)
-            rho = ((corr or {}).get(key) or {}).get("spearman")
-            ax.set_xscale("log")
-            ax.set(title="state_size" + (f": Spearman {rho:+.2f}" if rho is not None else ""),
-                   xlabel=label, ylabel="test accuracy of the slice", ylim=(-0.02, 1.02))
+        # the state_size points pooled (first row), then one row per suite
+        panels = [("all suites", points, corr or {})] + [
+            (f"suite {s}", [p for p in points if p["suite"] == s],
+             ((corr or {}).get("groups") or {}).get((s, ""), {})) for s in suites]
+        for row, (title, pts, stats) in enumerate(panels):
+            if row:
+                axes[3 * row].set_visible(False)
+            for ax, key, label in zip(axes[3 * row + 1:3 * row + 3], ("ess_per_kv", "tss_per_kv"),
+                                      ("ESS per key-value pair", "TSS per key-value pair")):
+                for layer, group in sorted(_by_layer(pts).items()):
+                    ax.scatter([p[key] for p in group], [p["acc"] for p in group],
+                               color=colors[layer], s=18)
+                rho = (stats.get(key) or {}).get("spearman")
+                ax.set_xscale("log")
+                ax.set(title=title + (f": Spearman {rho:+.2f}" if rho is not None else ""),
+                       xlabel=label, ylabel="test accuracy of the slice", ylim=(-0.02, 1.02))
         _finish(fig, colors, plt, out_dir / "ess_vs_accuracy.png")
     return todo
 
