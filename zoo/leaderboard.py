@@ -113,6 +113,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 # every trained model is a point of the ESS study, whatever its lr: the
                 # correlation describes models, it selects nothing
                 s["slices"] = _slice_points(sorted(done, key=lambda r: r["run_id"]))
+                if s["slices"]:
+                    s["fixed_state"] = fixed_state(cfg)
                 s["hp"] = json.loads(best_hp).get("optim", {})
             summaries.append(s)
         out[task] = summaries
@@ -136,6 +138,24 @@ def _mean_ess(recs: list[dict[str, Any]]) -> float | None:
     vals = [r["ess"]["total"]["tolerance_ess"] for r in recs
             if isinstance(r.get("ess"), dict) and r["ess"].get("total")]
     return statistics.fmean(vals) if vals else None
+
+
+FIXED, GROWING = "[fixed-state mixers]", "[growing-state mixers]"  # sort before mixer names
+
+
+def fixed_state(cfg: dict[str, Any]) -> bool | None:
+    """Whether every sequence mixer of a run's model has a state that stopped growing before
+    the end of the task's sequences (by the layers' own ``state_size`` at ``T - 1`` and ``T``):
+    the recurrences, and attention with a window shorter than ``T``; a KV cache over the whole
+    sequence grows. None for a model this checkout cannot build (a layer or option it does not
+    have). (Builds the model: torch is imported only for rows with ESS slices.)"""
+    from .model import Backbone, model_kwargs
+    T = cfg["task"]["seq_len"]
+    try:
+        blocks = Backbone(**model_kwargs(cfg, 2)).blocks
+    except (ValueError, TypeError, KeyError):
+        return None
+    return all(b.mixer.state_size(T - 1) == b.mixer.state_size(T) for b in blocks)
 
 
 def _slice_points(recs: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -341,8 +361,9 @@ def _correlate(points: list[dict[str, float]]) -> dict[str, Any]:
 def correlations(summary: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
     """Across every (completed run, slice) point of the state-size task, all hyper-parameters
     and seeds: rank and log-linear correlation of accuracy with ESS per key-value pair and
-    with TSS per key-value pair. ``groups`` repeats it within each suite, and within each
-    mixer of a suite (where a row's width or other options vary the state)."""
+    with TSS per key-value pair. ``groups`` repeats it within each suite, within the suite's
+    mixers of fixed and of growing state (``fixed_state``), and within each mixer of a suite
+    (where a row's width or other options vary the state)."""
     rows = [r for rs in summary.values() for r in rs if r.get("slices")]
     points = [p for r in rows for p in r["slices"]]
     if len(points) < 3:
@@ -352,6 +373,8 @@ def correlations(summary: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | N
     for r in rows:
         suite = r.get("suite") or "-"
         by[(suite, "")] += r["slices"]
+        if r["fixed_state"] is not None:
+            by[(suite, FIXED if r["fixed_state"] else GROWING)] += r["slices"]
         by[(suite, r["layer"])] += r["slices"]
     out["groups"] = {k: _correlate(v) for k, v in sorted(by.items()) if len(v) >= 3}
     return out
@@ -379,8 +402,10 @@ def _correlation_section(summary: dict[str, list[dict[str, Any]]]) -> list[str]:
              "rates and seeds, x key-value slice): "
              "the correlation of the slice's test accuracy with the state per key-value pair, "
              "measured (ESS, tolerance, in floats) and theoretical (TSS, floats). arXiv 2504.19561 finds ESS per "
-             "pair the better predictor. Below the pooled row, the same within each suite and "
-             "within each mixer of a suite.", "",
+             "pair the better predictor. Below the pooled row, the same within each suite, within "
+             "the suite's mixers of fixed state (recurrences, attention with a window shorter "
+             "than the sequence: TSS is a capacity they fill) and of growing state (a KV cache "
+             "over the whole sequence), and within each mixer of a suite.", "",
              "| points | n | ESS / kv Spearman | TSS / kv Spearman | higher | "
              "ESS / kv Pearson (log x) | TSS / kv Pearson (log x) |",
              "|---|---|---|---|---|---|---|", row("all", c)]

@@ -139,3 +139,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())
+
+
+def model_kwargs(cfg: Any, vocab_size: int) -> dict[str, Any]:
+    """Backbone kwargs from the ``layer`` and ``model`` groups; the task gives ``vocab_size``."""
+    layer = dict(cfg["layer"])
+    name = layer.pop("name")
+    model = dict(cfg["model"])
+    pattern = model.pop("pattern", None) or [name]
+    pattern = [pattern] if isinstance(pattern, str) else list(pattern)
+    mixer_options = {k: dict(v) for k, v in (model.pop("mixer_options", None) or {}).items()}
+    if name in pattern:
+        mixer_options[name] = {**mixer_options.get(name, {}), **layer}
+    return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}

@@ -23,24 +23,12 @@ import layers
 import tasks
 from .data import TaskDataModule, split_task_config
 from .ess import ess_summary, slice_summaries
+from .model import model_kwargs
 from .module import ZooModule
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
 
 log = logging.getLogger("zoo.train")
-
-
-def model_kwargs(cfg: DictConfig | dict[str, Any], vocab_size: int) -> dict[str, Any]:
-    """Backbone kwargs from the ``layer`` and ``model`` groups; the task gives ``vocab_size``."""
-    layer = dict(cfg["layer"])
-    name = layer.pop("name")
-    model = dict(cfg["model"])
-    pattern = model.pop("pattern", None) or [name]
-    pattern = [pattern] if isinstance(pattern, str) else list(pattern)
-    mixer_options = {k: dict(v) for k, v in (model.pop("mixer_options", None) or {}).items()}
-    if name in pattern:
-        mixer_options[name] = {**mixer_options.get(name, {}), **layer}
-    return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}
 
 
 def _callbacks(cfg: DictConfig, es: dict[str, Any],

@@ -7,7 +7,7 @@ import yaml
 
 import layers
 import tasks
-from zoo.train import model_kwargs
+from zoo.model import model_kwargs
 from zoo.model import Backbone
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -256,6 +256,32 @@ def test_committed_leaderboard_is_up_to_date(tmp_path):
             assert (repo / line.split("](", 1)[1].rstrip(")")).exists(), line
 
 
+def test_ess_correlations_within_fixed_and_growing_state_mixers(tmp_path):
+    """Rows are classed by their layers' state_size at T - 1 and T: recurrences and attention
+    with a window shorter than T have a fixed state, full attention (or a window >= T) not."""
+    d = tmp_path / "results"
+    runs = [("g", "gla", {}, 0.9), ("w", "swa", {"window": 16}, 0.5),
+            ("W", "swa", {"window": 64}, 0.6), ("a", "attention", {}, 0.8),
+            ("x", "no_such_mixer", {}, 0.7)]
+    for i, (run_id, layer, opts, acc) in enumerate(runs):
+        r = _suite_rec(run_id, "state_size", layer, 0, 0.5, acc)
+        r["config"]["task"]["seq_len"] = 64
+        r["config"]["layer"] = {"name": layer, **opts}  # the layer's defaults otherwise
+        for kv in (1, 2):
+            r["metrics"][f"test/acc@kv={kv}"] = acc / kv
+        r["ess"] = {"layers": {}, "slices": {f"kv={kv}": {"ess_per_kv": (i + 1) / kv,
+                                                           "tss_per_kv": 64 / kv}
+                                             for kv in (1, 2)}}
+        write_record(d, r)
+    summary = leaderboard.summarise(leaderboard.load_records(d)[0])
+    fixed = {r["layer"] + str(r["model"]): r["fixed_state"] for r in summary["state_size"]}
+    assert sorted(fixed.values(), key=str) == [False, False, None, True, True]
+    groups = leaderboard.correlations(summary)["groups"]
+    assert groups[("s", leaderboard.FIXED)]["n"] == 4  # gla and swa(16), two slices each
+    assert groups[("s", leaderboard.GROWING)]["n"] == 4  # attention and swa(64)
+    assert groups[("s", "")]["n"] == 10  # the unbuildable layer is in the suite, in no class
+
+
 def test_committed_records_give_ess_in_floats():
     """Every committed record's ESS totals are in zoo.ess's units (floats: heads x value
     channels x per-head ESS, summed over layers), slice by slice, as the leaderboard compares
