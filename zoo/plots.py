@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .leaderboard import FIXED
+
 Summary = dict[str, list[dict[str, Any]]]
 PNG_META = {"Software": None}
 
@@ -110,7 +112,8 @@ def draw_all(summary: Summary, out_dir: Path,
 
     if "ess_vs_accuracy.png" in names:
         points = [p for rows in sel.values() for r in rows for p in r.get("slices", [])
-                  for p in [{**p, "layer": r["layer"], "suite": r.get("suite") or "-"}]]
+                  for p in [{**p, "layer": r["layer"], "suite": r.get("suite") or "-",
+                             "fixed": r.get("fixed_state")}]]
         suites = sorted({p["suite"] for p in points})
         fig, axes = _grid(3 * (1 + len(suites)) if points else 1, plt)
         with_ess = [r for rows in sel.values() for r in rows if r.get("ess") is not None]
@@ -121,12 +124,14 @@ def draw_all(summary: Summary, out_dir: Path,
         axes[0].set(title="all tasks", xlabel="ESS (floats, tolerance)",
                     ylabel="test accuracy", ylim=(-0.02, 1.02))
         # the state_size points pooled (first row), then one row per suite
-        panels = [("all suites", points, corr or {})] + [
-            (f"suite {s}", [p for p in points if p["suite"] == s],
-             ((corr or {}).get("groups") or {}).get((s, ""), {})) for s in suites]
-        for row, (title, pts, stats) in enumerate(panels):
-            if row:
-                axes[3 * row].set_visible(False)
+        groups = (corr or {}).get("groups") or {}
+        panels = [("all suites", points, corr or {}, None)] + [
+            (f"suite {s}", [p for p in points if p["suite"] == s], groups.get((s, ""), {}),
+             groups.get((s, FIXED), {})) for s in suites]
+        for row, (title, pts, stats, fixed_stats) in enumerate(panels):
+            if row:  # first column: ESS per pair of the suite's fixed-state mixers alone
+                _ess_fixed_panel(axes[3 * row], [p for p in pts if p["fixed"]], colors,
+                                 fixed_stats)
             for ax, key, label in zip(axes[3 * row + 1:3 * row + 3], ("ess_per_kv", "tss_per_kv"),
                                       ("ESS per key-value pair", "TSS per key-value pair")):
                 for layer, group in sorted(_by_layer(pts).items()):
@@ -138,6 +143,19 @@ def draw_all(summary: Summary, out_dir: Path,
                        xlabel=label, ylabel="test accuracy of the slice", ylim=(-0.02, 1.02))
         _finish(fig, colors, plt, out_dir / "ess_vs_accuracy.png")
     return todo
+
+
+def _ess_fixed_panel(ax: Any, pts: list[dict[str, Any]], colors: dict[str, Any],
+                     stats: dict[str, Any]) -> None:
+    for layer, group in sorted(_by_layer(pts).items()):
+        ax.scatter([p["ess_per_kv"] for p in group], [p["acc"] for p in group],
+                   color=colors[layer], s=18)
+    rho = [(stats.get(k) or {}).get("spearman") for k in ("ess_per_kv", "tss_per_kv")]
+    ax.set_xscale("log")
+    ax.set(title="fixed-state mixers" + (f": ESS {rho[0]:+.2f}, TSS {rho[1]:+.2f}"
+                                         if None not in rho else ""),
+           xlabel="ESS per key-value pair", ylabel="test accuracy of the slice",
+           ylim=(-0.02, 1.02))
 
 
 def _finish(fig: Any, colors: dict[str, Any], plt: Any, path: Path) -> None:
