@@ -37,6 +37,10 @@ class ShortConv(nn.Module):
         T = z.shape[1]
         return F.silu(self.conv(z.transpose(1, 2))[..., :T]).transpose(1, 2)
 
+    def state_size(self, d_model: int) -> int:
+        """Floats the step keeps: the last ``kernel_size - 1`` inputs of width ``d_model``."""
+        return max(self.kernel_size - 1, 0) * d_model
+
     def init_window(self, batch: int, d_model: int, device: torch.device | None = None,
                     dtype: torch.dtype | None = None) -> torch.Tensor:
         """The ``kernel_size - 1`` most recent mixer inputs ``[B, k - 1, D]`` (zeros; empty

@@ -129,8 +129,7 @@ class GatedLinearAttention(SequenceMixer):
         return self._out(o, r)[:, 0], {"S": S, "x": past}
 
     def state_size(self, seq_len: int) -> int:
-        return (self.num_heads * self.dk * self.dv
-                + max(self.short_conv.kernel_size - 1, 0) * self.d_model)
+        return self.num_heads * self.dk * self.dv + self.short_conv.state_size(self.d_model)
 
     def operator_channels(self) -> int:
         return self.dv

@@ -131,7 +131,7 @@ class LinearAttention(SequenceMixer):
 
     def state_size(self, seq_len: int) -> int:
         return (self.num_heads * self.head_dim * (self.head_dim + int(self.normalize))
-                + max(self.short_conv.kernel_size - 1, 0) * self.d_model)
+                + self.short_conv.state_size(self.d_model))
 
     def operator_channels(self) -> int:
         return self.head_dim

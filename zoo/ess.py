@@ -94,10 +94,9 @@ def layer_ess(model: Backbone, tokens: torch.Tensor, positions: Sequence[int] | 
 
 def _layer_row(entry: dict[str, Any]) -> dict[str, Any]:
     s = E.summary(entry["ess"])
-    width = entry["heads"] * entry["channels"]
-    return {"mixer": entry["mixer"], "heads": entry["heads"], "channels": entry["channels"],
-            "tolerance": s["tolerance"], "entropy": s["entropy"], "tss": entry["tss"],
-            "utilisation": width * s["tolerance"] / entry["tss"] if entry["tss"] else None}
+    row = {"mixer": entry["mixer"], "heads": entry["heads"], "channels": entry["channels"],
+           "tolerance": s["tolerance"], "entropy": s["entropy"], "tss": entry["tss"]}
+    return {**row, "utilisation": layer_floats(row) / row["tss"] if row["tss"] else None}
 
 
 def layer_floats(row: dict[str, Any], kind: str = "tolerance") -> float:

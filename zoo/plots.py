@@ -130,31 +130,29 @@ def draw_all(summary: Summary, out_dir: Path,
              groups.get((s, FIXED), {})) for s in suites]
         for row, (title, pts, stats, fixed_stats) in enumerate(panels):
             if row:  # first column: ESS per pair of the suite's fixed-state mixers alone
-                _ess_fixed_panel(axes[3 * row], [p for p in pts if p["fixed"]], colors,
-                                 fixed_stats)
-            for ax, key, label in zip(axes[3 * row + 1:3 * row + 3], ("ess_per_kv", "tss_per_kv"),
-                                      ("ESS per key-value pair", "TSS per key-value pair")):
-                for layer, group in sorted(_by_layer(pts).items()):
-                    ax.scatter([p[key] for p in group], [p["acc"] for p in group],
-                               color=colors[layer], s=18)
+                rho = [(fixed_stats.get(k) or {}).get("spearman") for k in PER_KV]
+                _per_kv_panel(axes[3 * row], [p for p in pts if p["fixed"]], "ess_per_kv",
+                              "fixed-state mixers" + (f": ESS {rho[0]:+.2f}, TSS {rho[1]:+.2f}"
+                                                      if None not in rho else ""), colors)
+            for ax, key in zip(axes[3 * row + 1:3 * row + 3], PER_KV):
                 rho = (stats.get(key) or {}).get("spearman")
-                ax.set_xscale("log")
-                ax.set(title=title + (f": Spearman {rho:+.2f}" if rho is not None else ""),
-                       xlabel=label, ylabel="test accuracy of the slice", ylim=(-0.02, 1.02))
+                _per_kv_panel(ax, pts, key, title + (f": Spearman {rho:+.2f}"
+                                                     if rho is not None else ""), colors)
         _finish(fig, colors, plt, out_dir / "ess_vs_accuracy.png")
     return todo
 
 
-def _ess_fixed_panel(ax: Any, pts: list[dict[str, Any]], colors: dict[str, Any],
-                     stats: dict[str, Any]) -> None:
+PER_KV = {"ess_per_kv": "ESS per key-value pair", "tss_per_kv": "TSS per key-value pair"}
+
+
+def _per_kv_panel(ax: Any, pts: list[dict[str, Any]], key: str, title: str,
+                  colors: dict[str, Any]) -> None:
+    """Slice accuracy against ESS or TSS per key-value pair (log x), a colour per layer."""
     for layer, group in sorted(_by_layer(pts).items()):
-        ax.scatter([p["ess_per_kv"] for p in group], [p["acc"] for p in group],
+        ax.scatter([p[key] for p in group], [p["acc"] for p in group],
                    color=colors[layer], s=18)
-    rho = [(stats.get(k) or {}).get("spearman") for k in ("ess_per_kv", "tss_per_kv")]
     ax.set_xscale("log")
-    ax.set(title="fixed-state mixers" + (f": ESS {rho[0]:+.2f}, TSS {rho[1]:+.2f}"
-                                         if None not in rho else ""),
-           xlabel="ESS per key-value pair", ylabel="test accuracy of the slice",
+    ax.set(title=title, xlabel=PER_KV[key], ylabel="test accuracy of the slice",
            ylim=(-0.02, 1.02))
 
 
