@@ -97,7 +97,8 @@ def bench_gen(n: int = 100_000, names: Sequence[str] | None = None) -> list[str]
             cpu.append(time.process_time() - c)
         secs, cpu_secs = min(wall), min(cpu)
         knobs = " ".join(f"{k}={v}" for k, v in sorted(vars(task).items()))
-        rows.append(f"| {name} | {knobs} | {n:,} | {secs:.3f} | {cpu_secs:.3f} "
+        # three significant figures: a fast task's milliseconds never print as 0.000
+        rows.append(f"| {name} | {knobs} | {n:,} | {secs:.3g} | {cpu_secs:.3g} "
                     f"| {n / secs:,.0f} |")
     return rows
 

@@ -1,7 +1,8 @@
 """Run records: one immutable JSON file per run under ``results/<task>/<layer>/<run_id>.json``.
 
-Written atomically (a temp file in the same directory, fsync, then ``os.replace``), so a crash
-or a parallel sweep worker never leaves a half-written or clobbered record.
+Written atomically (a temp file in the same directory, fsync, then ``os.link`` to the final
+name, which fails where a record exists), so a crash or a parallel sweep worker never leaves a
+half-written or clobbered record.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import torch
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "run_id", "status", "time", "task", "layer", "config", "seed",
@@ -59,6 +58,8 @@ def cpu_name() -> str:
 
 
 def device_info() -> dict[str, Any]:
+    import torch  # here, not at the top: reading records (the leaderboard) needs no torch
+
     info: dict[str, Any] = {"platform": platform.platform(), "processor": cpu_name(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():

@@ -91,4 +91,7 @@ def test_gen_suite_reports_wall_and_cpu_seconds():
     for name in ("copying", "induction"):
         row = next(r for r in rows if r.startswith(f"| {name} |"))
         cells = [c.strip() for c in row.split("|")[1:-1]]
-        assert cells[2] == "500" and float(cells[3]) > 0 and float(cells[4]) > 0
+        # the cells are numbers; no assertion on their size, which timing sets
+        secs, cpu_secs = float(cells[3]), float(cells[4])
+        assert cells[2] == "500" and secs >= 0 and cpu_secs >= 0
+        assert float(cells[5].replace(",", "")) > 0
