@@ -10,9 +10,12 @@ from .registry import (ChannelMixer, SequenceMixer, build, get, names, options, 
                        register)
 from .attention import Attention  # noqa: F401  (registers "attention", "swa")
 from .cat import ConvAugmentedAttention  # noqa: F401  (registers "cat")
+from .deltanet import DeltaNet  # noqa: F401  (registers "deltanet")
+from .gated_deltanet import GatedDeltaNet  # noqa: F401  (registers "gated_deltanet")
 from .gla import GatedLinearAttention  # noqa: F401  (registers "gla")
 from .linear_attn import LinearAttention  # noqa: F401  (registers "linear_attn")
 from .mamba import Mamba  # noqa: F401  (registers "mamba")
+from .mamba2 import Mamba2  # noqa: F401  (registers "mamba2")
 from .mlp import NoChannelMixer, SwiGLU  # noqa: F401  (registers "mlp", "none")
 from .moe import MixtureOfExperts  # noqa: F401  (registers "moe")
 from .phalanx import Phalanx  # noqa: F401  (registers "phalanx")
@@ -20,5 +23,5 @@ from .ssa import SelectiveAttention  # noqa: F401  (registers "ssa")
 
 __all__ = ["register", "build", "get", "names", "options", "SequenceMixer", "ChannelMixer",
            "Attention", "SelectiveAttention", "ConvAugmentedAttention", "LinearAttention",
-           "GatedLinearAttention", "Phalanx", "Mamba", "SwiGLU", "NoChannelMixer",
-           "MixtureOfExperts"]
+           "GatedLinearAttention", "DeltaNet", "GatedDeltaNet", "Phalanx", "Mamba", "Mamba2",
+           "SwiGLU", "NoChannelMixer", "MixtureOfExperts"]
