@@ -29,7 +29,7 @@ from torch import nn
 
 from ._scan import pad_time
 from .positional import POSITIONS, attention_bias, rope
-from .registry import SequenceMixer, register
+from .registry import SequenceMixer, register, split_heads
 
 
 @register("swa", window=64)
@@ -43,8 +43,7 @@ class Attention(SequenceMixer):
                  rope_base: float = 10000.0, bias: bool = False) -> None:
         super().__init__()
         name = self.label
-        if num_heads <= 0 or d_model % num_heads:
-            raise ValueError(f"{name}: d_model={d_model} is not divisible by num_heads={num_heads}")
+        split_heads(name, num_heads, d_model=d_model)
         if pos not in POSITIONS:
             raise ValueError(f"{name}: pos={pos!r} is not one of {POSITIONS}")
         if (d_model // num_heads) % 2 and pos == "rope":

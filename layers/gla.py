@@ -34,7 +34,7 @@ from torch import nn
 from ._scan import (call_time_major, causal_operator, chunked_linear_attention, kernel_module,
                     naive_recurrence)
 from ._shortconv import ShortConv
-from .registry import SequenceMixer, register
+from .registry import SequenceMixer, register, split_heads
 
 GATES = ("vector", "scalar")
 
@@ -48,10 +48,8 @@ class GatedLinearAttention(SequenceMixer):
                  use_kernels: bool = True) -> None:
         super().__init__()
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        if num_heads <= 0 or key_dim % num_heads or value_dim % num_heads or key_dim == 0:
-            raise ValueError(f"gla: key dim {key_dim} and value dim {value_dim} (d_model="
-                             f"{d_model}, expand_k={expand_k}, expand_v={expand_v}) must be "
-                             f"positive and divisible by num_heads={num_heads}")
+        split_heads("gla", num_heads, **{"key dim (d_model * expand_k)": key_dim,
+                                          "value dim (d_model * expand_v)": value_dim})
         if gate not in GATES:
             raise ValueError(f"gla: gate={gate!r} is not one of {GATES}")
         if chunk_size < 1:

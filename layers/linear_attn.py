@@ -30,7 +30,7 @@ from torch import nn
 
 from ._scan import call_time_major, chunked_linear_attention, kernel_module, naive_recurrence
 from ._shortconv import ShortConv
-from .registry import SequenceMixer, register
+from .registry import SequenceMixer, register, split_heads
 
 FEATURE_MAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda t: t,
@@ -46,9 +46,7 @@ class LinearAttention(SequenceMixer):
                  feature_map: str = "identity", normalize: bool = False, chunk_size: int = 64,
                  short_conv: int = 0, use_kernels: bool = True) -> None:
         super().__init__()
-        if num_heads <= 0 or d_model % num_heads:
-            raise ValueError(f"linear_attn: d_model={d_model} is not divisible by "
-                             f"num_heads={num_heads}")
+        split_heads("linear_attn", num_heads, d_model=d_model)
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"linear_attn: feature_map={feature_map!r} is not one of "
                              f"{tuple(FEATURE_MAPS)}")

@@ -108,6 +108,16 @@ def build(name: str, d_model: int, *, kind: str = "sequence", **opts: Any) -> nn
     return module
 
 
+def split_heads(name: str, num_heads: int, **widths: int) -> None:
+    """Check that ``num_heads`` is a positive int dividing every named width (``d_model=64``):
+    the message names the option, not the arithmetic that would fail."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"{name}: num_heads must be an int >= 1, got {num_heads!r}")
+    for what, width in widths.items():
+        if width < 1 or width % num_heads:
+            raise ValueError(f"{name}: {what}={width} is not divisible by num_heads={num_heads}")
+
+
 class Mixer(nn.Module):
     """What every mixer shares: the auxiliary-loss and diagnostics protocol the model collects."""
 
