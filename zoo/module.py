@@ -39,12 +39,19 @@ class ZooModule(L.LightningModule):
         self.eval_names = list(eval_names or [])  # test sets in dataloader order
         self.report = tuple(metrics)  # what the task reports, its headline first
         self.failure: str | None = None
+        self.steps_done: int | None = None  # optimiser steps that updated weights, on failure
         self.layer_stats: dict[str, float] = {}  # of the last training step
         self.metrics: dict[str, float] = {}
         self._counts: dict[str, torch.Tensor] = {}
         self._train_tokens = 0
+        self.train_examples = 0
         self._train_seconds = 0.0
         self._t0 = 0.0
+        # Carried across a resume in the checkpoint (on_save_checkpoint): every validation's
+        # metrics as (step, {metric: value}), and the wall seconds of the parts before this one.
+        self.val_history: list[tuple[int, dict[str, float]]] = []
+        self.wall_before = 0.0
+        self.wall_started = time.time()
 
     def _forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         x, y = batch
@@ -58,7 +65,11 @@ class ZooModule(L.LightningModule):
         aux = self.model.aux_losses()
         total = loss + sum(aux.values()) if aux else loss
         if not torch.isfinite(total):
-            self.failure = f"non-finite loss ({total.item()}) at step {self.global_step}"
+            # global_step counts the optimiser steps taken; this batch's would be the next
+            self.failure = (f"non-finite loss ({total.item()}) on the batch of step "
+                            f"{self.global_step + 1}, after {self.global_step} optimiser steps")
+            # Lightning still counts this batch's (skipped) step in global_step
+            self.steps_done = self.global_step
             self.trainer.should_stop = True
             return None  # skips the optimiser step
         self.log("train/loss", loss, prog_bar=True)
@@ -75,6 +86,7 @@ class ZooModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._train_seconds += time.perf_counter() - self._t0
         self._train_tokens += batch[0].numel()
+        self.train_examples += len(batch[0])
 
     @property
     def train_throughput(self) -> float:
@@ -103,6 +115,29 @@ class ZooModule(L.LightningModule):
         for k, v in out.items():
             self.log(f"val/{k}", v, prog_bar=(k == self.report[0]), sync_dist=False)
             self.metrics[f"val/{k}"] = v
+        if not self.trainer.sanity_checking:
+            self.val_history.append((self.global_step, dict(out)))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo"] = {"val_history": self.val_history, "wall_s": self.wall_s,
+                             "train_tokens": self._train_tokens,
+                             "train_examples": self.train_examples,
+                             "train_seconds": self._train_seconds}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return  # testing the best checkpoint restores weights, not the run's history
+        state = checkpoint.get("zoo") or {}
+        self.val_history = [(int(s), dict(m)) for s, m in state.get("val_history", [])]
+        self.wall_before = float(state.get("wall_s", 0.0))
+        self._train_tokens = int(state.get("train_tokens", 0))
+        self.train_examples = int(state.get("train_examples", 0))
+        self._train_seconds = float(state.get("train_seconds", 0.0))
+
+    @property
+    def wall_s(self) -> float:
+        """Wall seconds of the run over all its parts (a resumed run adds the killed one's)."""
+        return self.wall_before + time.time() - self.wall_started
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
                   dataloader_idx: int = 0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -26,7 +27,7 @@ PACKAGES = ("torch", "lightning", "hydra-core", "einops", "torchmetrics")
 # Top-level config keys that say where and how a run is executed, not what it computes: they
 # are left out of a run's identity (``config_key``) and of the hyper-parameters selected over.
 BOOKKEEPING = ("out_dir", "results_dir", "progress_refresh_rate", "logger", "resume",
-               "checkpoint_dir", "threads", "suite")
+               "checkpoint_dir", "threads", "suite", "keep_checkpoint")
 
 
 def new_run_id() -> str:
@@ -104,14 +105,34 @@ def record_path(results_dir: str | Path, record: dict[str, Any]) -> Path:
     return Path(results_dir) / record["task"] / record["layer"] / f"{record['run_id']}.json"
 
 
+def strict(value: Any, where: str = "", found: dict[str, str] | None = None) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity);
+    each replacement's path and original value go into ``found``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if found is not None:
+            found[where] = repr(value)
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v, f"{where}.{k}" if where else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
 def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Atomically write a record; refuses to overwrite an existing one (records are immutable)."""
+    """Atomically write a record; refuses to overwrite an existing one (records are immutable).
+    Strict JSON: a non-finite number is written as null and listed, with its value, under
+    ``non_finite`` (e.g. ``{"metrics.val/loss": "nan"}``)."""
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise ValueError(f"record is missing {missing}")
     path = record_path(results_dir, record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=1, sort_keys=True, default=str) + "\n"
+    found: dict[str, str] = {}
+    record = strict(record, found=found)
+    if found:
+        record["non_finite"] = found
+    text = json.dumps(record, indent=1, sort_keys=True, default=str, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

@@ -1,53 +1,125 @@
 """``python -m zoo.train layer=<mixer> task=<task> [overrides]``: train one model, test the
 checkpoint chosen on validation, write one run record.
 
-Everything is validated (layer name and options, task knobs, model shape) before any data is
-generated or any step is taken. A non-finite loss stops the run, which is recorded as failed.
+Order of work: the config is validated (``zoo.validate``: every knob of every group, one line
+naming the bad one, exit code 2) before Lightning is imported and before anything is made;
+then the run takes a lock on its config key, so an identical run started alongside it skips
+instead of training twice; then it trains, tests the best checkpoint once, writes its record
+(strict JSON, atomically) and removes the checkpoints it was not asked to keep. A non-finite
+loss stops the run, which is recorded as failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import shutil
+import sys
 import time
+import uuid
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import hydra
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-import layers
-import tasks
-from .data import TaskDataModule, split_task_config
-from .ess import ess_summary, slice_summaries
-from .model import model_kwargs
-from .module import ZooModule
+from .config import split_task_config
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
+from .validate import ConfigError, check
 
 log = logging.getLogger("zoo.train")
 
+# The run directory's suffix (configs/train.yaml): two runs started in the same second get
+# two directories. Cached, so every read of the directory within a run agrees.
+OmegaConf.register_new_resolver("zoo_uid", lambda: uuid.uuid4().hex[:6], use_cache=True,
+                                replace=True)
 
-def _callbacks(cfg: DictConfig, es: dict[str, Any],
-               ckpt_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+STOP_REASONS = ("solved", "plateau", "max_steps", "non_finite")
+# Environment variables under which a process is a non-zero rank of a data-parallel run.
+RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK")
+
+
+def _quiet() -> None:
+    """Keep third-party tips, device banners and deprecation notices out of a run's output."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    # a non-finite loss skips its step by returning None: recorded as the run's failure
+    warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+
+
+def _is_rank_zero() -> bool:
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in RANK_VARS)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[str | None]:
+    """Hold an advisory lock on ``path`` for the block; yields None when held, else the
+    holder's note (``pid@host``). The kernel drops the lock when its process dies, so a killed
+    run never leaves a stale lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode(), 0)
+        try:
+            yield None
+        finally:
+            path.unlink(missing_ok=True)  # still held: a newcomer locks a fresh file
+    finally:
+        os.close(fd)
+
+
+def stop_reason(failure: str | None, curve: list[list[float]], mode: str,
+                threshold: float | None, steps: int, max_steps: int) -> str:
+    """Why training ended: ``solved`` (the monitored validation metric passed the early-stopping
+    threshold), ``max_steps`` (the budget ran out), ``plateau`` (early stopping: no improvement
+    for ``patience`` validations) or ``non_finite`` (the loss or the metric diverged)."""
+    values = [v for _, v in curve]
+    if failure or any(v is None or v != v or abs(v) == float("inf") for v in values):
+        return "non_finite"
+    if threshold is not None and values:
+        best = max(values) if mode == "max" else min(values)
+        if (best > threshold) if mode == "max" else (best < threshold):  # as EarlyStopping
+            return "solved"
+    return "max_steps" if steps >= max_steps else "plateau"
+
+
+def _callbacks(cfg: DictConfig, es: dict[str, Any], ckpt_dir: Path) -> tuple[list, Any]:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from .progress import StepProgressBar
+
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=es["monitor"], mode=es["mode"],
-                           save_top_k=1, filename="best", save_last=bool(cfg.get("resume")))
-    cbs: list[Callback] = [
+                           save_top_k=1, filename="best", save_last=bool(cfg.get("resume")),
+                           enable_version_counter=False)
+    cbs: list = [
         EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"],
                       stopping_threshold=es.get("stopping_threshold"), check_finite=True),
         ckpt,
     ]
     if cfg.trainer.get("enable_progress_bar", True):
-        cbs.append(TQDMProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
+        cbs.append(StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
     return cbs, ckpt
 
 
 def _resume_point(ckpt_dir: Path) -> tuple[str | None, int]:
     """``last.ckpt`` of an interrupted run and its step, or (None, 0) when there is none or it
     cannot be read (a kill while it was being written): then the run starts afresh."""
+    import torch
+
     last = ckpt_dir / "last.ckpt"
     if not last.exists():
         return None, 0
@@ -59,31 +131,70 @@ def _resume_point(ckpt_dir: Path) -> tuple[str | None, int]:
         return None, 0
 
 
-def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train, test and record one run; returns the record written.
+def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Validate, train, test and record one run; returns the record written (or, when the run
+    is skipped, the finished record it found or ``{"status": "skipped", ...}``).
 
     With ``resume=true`` (the leaderboard presets set it) a run whose record already exists is
-    skipped (that record is returned) and an interrupted one continues from its last
-    checkpoint, kept under ``checkpoint_dir/<task>/<layer>/<config key>/``: restarting a killed
-    sweep redoes nothing that finished.
+    skipped and an interrupted one continues from its last checkpoint, kept under
+    ``checkpoint_dir/<task>/<layer>/<config key>/``: restarting a killed sweep redoes nothing
+    that finished. Either way, a run whose identical config is running now skips.
     """
     started, sha = time.time(), git_sha()  # the code as it was when the run began
-    torch.set_float32_matmul_precision("high")
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    check(cfg_dict)  # every knob, before any import of Lightning and before any work
+    _quiet()
+
+    import torch
+
     threads = cfg.get("threads")
     if threads is not None:
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be a positive int or null (torch's default), "
-                             f"got {threads!r}")
         torch.set_num_threads(threads)
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    torch.set_float32_matmul_precision("high")
+    task_name, _, _ = split_task_config(cfg_dict["task"])
+    key = config_key(cfg_dict)
+    keyed_dir = Path(cfg.checkpoint_dir) / task_name / cfg.layer.name / key
+    if not _is_rank_zero():  # rank 0 holds the lock for the whole data-parallel run
+        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks)
+    try:
+        with exclusive(keyed_dir / "lock") as holder:
+            return _locked(cfg, cfg_dict, key, keyed_dir, holder, started, sha, callbacks)
+    finally:
+        prune_empty(keyed_dir, Path(cfg.checkpoint_dir))
+
+
+def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
+            holder: str | None, started: float, sha: str | None,
+            callbacks: Sequence[Any]) -> dict[str, Any]:
+    """The part of ``run`` under the config's lock (``holder`` names another owner)."""
+    task_name = cfg_dict["task"]["name"]
+    if holder is not None:
+        log.warning("skipping: an identical run (config key %s) is running now (%s)", key, holder)
+        return {"status": "skipped", "config_key": key, "running": holder}
+    if cfg.get("resume"):
+        done = find_finished(cfg.results_dir, task_name, cfg.layer.name, key)
+        if done is not None:
+            log.info("skipping: this config finished as run %s (%s)", done["run_id"],
+                     done["status"])
+            return done
+    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks)
+
+
+def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
+           started: float, sha: str | None, callbacks: Sequence[Any]) -> dict[str, Any]:
+    import lightning as L
+
+    import tasks
+
+    from .data import TaskDataModule
+    from .ess import ess_summary, slice_summaries
+    from .model import model_kwargs
+    from .module import ZooModule
+
     layer_name = cfg.layer.name
     task_name, knobs, sizes = split_task_config(cfg_dict["task"])
-    key = config_key(cfg_dict)
-
-    # Validate everything before any work: bad knobs fail here, naming themselves.
     task = tasks.build(task_name, **knobs)
     mkw = model_kwargs(cfg_dict, task.vocab_size)
-    ZooModule(mkw, cfg_dict["optim"])  # builds the model once to check its options
     dm = TaskDataModule(task, seed=cfg.seed, **sizes)
     es = cfg_dict["early_stopping"]
     if not es["monitor"]:  # the task's own selection metric, recorded as resolved
@@ -91,32 +202,28 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
 
     resume_from, resumed_step = None, 0
     if cfg.get("resume"):
-        done = find_finished(cfg.results_dir, task_name, layer_name, key)
-        if done is not None:
-            log.info("skipping: this config finished as run %s (%s)", done["run_id"],
-                     done["status"])
-            return done
-        ckpt_dir = Path(cfg.checkpoint_dir) / task_name / layer_name / key
+        ckpt_dir = keyed_dir
         resume_from, resumed_step = _resume_point(ckpt_dir)
     else:
         ckpt_dir = Path(cfg.out_dir) / "checkpoints"
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names, metrics=task.metrics)
-    out_dir = Path(cfg.out_dir)
+    module.wall_started = started
     cbs, ckpt = _callbacks(cfg, es, ckpt_dir)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(**cfg_dict["trainer"], callbacks=[*cbs, *callbacks], logger=logger,
-                        default_root_dir=str(out_dir))
+                        default_root_dir=str(cfg.out_dir))
     dm.check_world_size(trainer.world_size)
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, resumed_step)
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
 
     status = "failed" if module.failure else "completed"
+    steps = trainer.global_step if module.steps_done is None else module.steps_done
     ess = None
+    best = ckpt.best_model_path or None
     if status == "completed":
-        best = ckpt.best_model_path or None
         trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
         # ESS of the tested weights on a few test-split sequences (cheap; see zoo.ess)
         sequences = tasks.make_split(task, 8, cfg.seed, "test")[0].to(module.device)
@@ -124,11 +231,16 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         if dm.eval_variants:  # e.g. state_size's kv=<k> slices, each on its own inputs
             ess["slices"] = slice_summaries(module.model, dm.eval_variants, cfg.seed)
 
+    metric = es["monitor"].split("/", 1)[1]
+    curve = [[step, m.get(metric)] for step, m in module.val_history]
+    keep = bool(cfg.get("keep_checkpoint")) and status == "completed" and best is not None
     record = {
         "schema_version": 1,
         "run_id": new_run_id(),
         "status": status,
         "error": module.failure,
+        "stop_reason": stop_reason(module.failure, curve, es["mode"],
+                                   es.get("stopping_threshold"), steps, cfg.trainer.max_steps),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "git_sha": sha,
         "task": task_name,
@@ -140,28 +252,79 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         "params": module.model.num_params(),
         "params_non_embedding": module.model.num_params(non_embedding=True),
         "state_size": module.model.state_size(task.seq_len),
+        "state_size_prev": module.model.state_size(task.seq_len - 1),
         "ess": ess,
         "metrics": {k: float(v) for k, v in sorted(module.metrics.items())},
-        "steps": trainer.global_step,
+        "val_curve": curve,
+        "steps": steps,
+        "examples_seen": module.train_examples,
         "layer_stats": module.layer_stats,
-        "best_checkpoint": ckpt.best_model_path or None,
+        "best_checkpoint": best if keep else None,
+        "checkpoint": {"kept": keep, "path": best if keep else None},
         "leakage": dm.leakage,
         "throughput_tokens_per_s": module.train_throughput,
-        "wall_time_s": time.time() - started,
+        "wall_time_s": module.wall_s,
         "device": device_info(),
         "packages": package_versions(),
     }
     if trainer.is_global_zero:
         path = write_record(cfg.results_dir, record)
+        _drop_checkpoints(ckpt_dir, keep_best=keep)
         headline = f"test/{task.metrics[0]}"
-        log.info("%s run %s: %s %s, record %s", status, record["run_id"], headline,
+        log.info("%s run %s (%s, %d steps): %s %s, record %s", status, record["run_id"],
+                 record["stop_reason"], record["steps"], headline,
                  record["metrics"].get(headline), path)
     return record
 
 
+def _drop_checkpoints(ckpt_dir: Path, keep_best: bool) -> None:
+    """Once the record is written the resume checkpoint has done its job; the best one stays
+    only where asked (``keep_checkpoint=true``)."""
+    for name in ("last.ckpt", *(() if keep_best else ("best.ckpt",))):
+        (ckpt_dir / name).unlink(missing_ok=True)
+
+
+def prune_empty(path: Path, stop: Path) -> None:
+    """Remove ``path`` and its parents up to ``stop`` (included) while they are empty."""
+    path, stop = path.resolve(), stop.resolve()
+    for d in (path, *path.parents):
+        if d != stop and stop not in d.parents:
+            break
+        try:
+            d.rmdir()
+        except OSError:
+            break
+        if d == stop:
+            break
+
+
+def _discard_run_dir() -> None:
+    """Remove the directory Hydra made for a run that never started, and the parents it made
+    for it that are now empty (``outputs/<task>/<layer>/``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        hc = HydraConfig.get()
+        out, top = Path(hc.runtime.output_dir).resolve(), Path(hc.runtime.cwd).resolve()
+    except (ValueError, AttributeError):
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    if top in out.parents:
+        prune_empty(out.parent, top / out.relative_to(top).parts[0])
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    record = run(cfg)
+    try:
+        record = run(cfg)
+    except ConfigError as e:
+        _discard_run_dir()
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        print(f"error: {e}  (ZOO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+    if record["status"] == "skipped":
+        return None
     if record["status"] != "completed":
         raise SystemExit(f"run failed: {record['error']}")
     return record["metrics"].get("val/acc")

@@ -201,3 +201,64 @@ def test_slurm_launcher_config_composes():
     assert launcher._target_.endswith("SlurmLauncher")
     shipped = yaml.safe_load((CONFIGS / "hydra" / "launcher" / "slurm.yaml").read_text())
     assert launcher.timeout_min == shipped["timeout_min"]
+
+
+def test_resumed_fresh_run_continues_its_stream_history_and_wall_time(make_cfg, tmp_path):
+    """Fresh data is drawn per step from seeded blocks, so a run killed at step 6 and resumed
+    from its step-4 checkpoint trains on exactly the batches an uninterrupted run sees."""
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    cfg = make_cfg("resume=true", f"checkpoint_dir={ckpt}", "task.fresh=true")
+    with pytest.raises(Crash):
+        run(cfg, callbacks=[CrashAt(6)])
+    (last,) = ckpt.rglob("last.ckpt")
+    first_part = torch.load(last, weights_only=False)["zoo"]["wall_s"]
+    resumed = run(cfg)
+    whole = run(make_cfg("task.fresh=true", f"results_dir={tmp_path / 'whole'}"))
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == whole["steps"] == 8
+    assert [s for s, _ in resumed["val_curve"]] == [s for s, _ in whole["val_curve"]] == [4, 8]
+    for k, v in whole["metrics"].items():
+        assert resumed["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    assert resumed["examples_seen"] == whole["examples_seen"] == 8 * 32
+    assert resumed["wall_time_s"] > first_part, "wall time covers every part of the run"
+    assert not list(ckpt.rglob("*.ckpt")), "a recorded run's checkpoints are removed"
+
+
+def _launch_together(cwd: Path, *arg_lists: list[str]) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=cwd, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for args in arg_lists]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate())
+            for p in procs]
+
+
+@pytest.mark.slow
+def test_two_identical_resume_runs_together_train_once(tmp_path):
+    args = ["debug=tiny", "resume=true", "keep_checkpoint=true", "threads=1",
+            "trainer.max_steps=48", "trainer.val_check_interval=8", "results_dir=results"]
+    procs = _launch_together(tmp_path, args, args)
+    assert all(p.returncode == 0 for p in procs), [p.stderr[-2000:] for p in procs]
+    said = "".join(p.stderr + p.stdout for p in procs)
+    assert "skipping: an identical run" in said or "skipping: this config finished" in said
+    recs = records(tmp_path / "results")
+    assert len(recs) == 1 and recs[0]["status"] == "completed"
+    ckpt_dirs = {p.parent for p in (tmp_path / "checkpoints").rglob("*.ckpt")}
+    assert len(ckpt_dirs) == 1 and [p.name for p in ckpt_dirs.pop().glob("*.ckpt")] == [
+        "best.ckpt"]
+    assert recs[0]["checkpoint"]["kept"] and Path(recs[0]["checkpoint"]["path"]).is_file()
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_two_run_directories(tmp_path):
+    common = ["debug=tiny", "threads=1"]
+    procs = _launch_together(tmp_path, [*common, "seed=0"], [*common, "seed=1"])
+    assert all(p.returncode == 0 for p in procs), [p.stderr[-2000:] for p in procs]
+    run_dirs = sorted((tmp_path / "outputs" / "assoc_recall" / "attention").iterdir())
+    assert len(run_dirs) == 2
+    seeds = sorted((d / ".hydra" / "overrides.yaml").read_text().count("seed=1") for d in run_dirs)
+    assert seeds == [0, 1], "each directory holds its own run's overrides"
+    for d in run_dirs:
+        lines = (d / "logs" / "metrics.csv").read_text().splitlines()
+        assert len(lines) > 1 and lines.count(lines[0]) == 1  # one run's log, not two
+    assert len(records(tmp_path / "runs")) == 2
