@@ -1,13 +1,18 @@
-"""The leaderboard's PNG plots, drawn from ``zoo.leaderboard.summarise`` (selected runs only).
+"""The leaderboard's PNG figures, drawn from a ``zoo.selection.Board`` (selected runs only,
+except the ESS study, whose points are every trained model).
 
-    accuracy_vs_state_size.png   per task: test accuracy against theoretical state size
-    length_generalisation.png    per task with several eval lengths: accuracy against length
-    ess_vs_accuracy.png          test accuracy against measured ESS; and, for task=state_size,
-                                 accuracy against ESS and TSS per key-value pair
+    recall_vs_state_size.png    the headline (Zoology's MQAR plot): test accuracy on each
+                                key-value slice against state size in bytes, a line per
+                                architecture through its widths, a panel per slice
+    accuracy_vs_state_size.png  the matrix's suite: test accuracy against state size per task
+    length_generalisation.png   accuracy against evaluation length, the training length marked
+    ess_vs_accuracy.png         the headline suite's slice accuracy against ESS and TSS per
+                                key-value pair: all mixers, fixed-state, growing-state
 
-``planned`` says which files a summary yields without drawing (``--check`` uses it); ``draw_all``
-draws them. PNGs carry no timestamp or version metadata, so unchanged records redraw the same
-bytes on the same matplotlib.
+One colour (and marker) per architecture label in every figure. ``planned`` says which files
+a board yields without drawing (``--check`` uses it); ``draw_all`` draws them. PNGs carry no
+timestamp or version metadata, so unchanged records redraw the same bytes on the same
+matplotlib.
 """
 
 from __future__ import annotations
@@ -15,151 +20,187 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .leaderboard import FIXED
+from .ess_study import FIXED, GROWING
+from .labels import train_length
+from .selection import Board, Row, by_setting, by_suite
 
-Summary = dict[str, list[dict[str, Any]]]
 PNG_META = {"Software": None}
+HEADLINE = "recall_vs_state_size.png"
+MARKERS = "os^Dv<>P"
+PANEL_W, PANEL_H = 4.2, 3.4  # inches
 
 
-def _selected(summary: Summary) -> dict[str, list[dict[str, Any]]]:
-    return {t: [r for r in rows if "test" in r] for t, rows in summary.items()}
+def _length_rows(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if len(r.variants("len=")) > 1]
 
 
-def _length_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if sum(v.startswith("len=") for v in r.get("by_variant", {})) > 1]
+def _slices(rows: list[Row]) -> list[str]:
+    return sorted({v for r in rows for v in r.variants("kv=")},
+                  key=lambda v: int(v[3:]) if v[3:].isdigit() else 0)
 
 
-def planned(summary: Summary, out_dir: Path) -> list[tuple[str, Path]]:
-    sel = _selected(summary)
+def planned(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
+    """(title, path) of each figure the board yields, the headline first."""
     out: list[tuple[str, Path]] = []
-    if any(sel.values()):
-        out.append(("Test accuracy against state size, per task",
+    if board.recall:
+        out.append((f"Recall against state size: suite {board.recall}, accuracy per "
+                    "key-value slice", out_dir / HEADLINE))
+    if board.matrix:
+        out.append((f"Test accuracy against state size: suite {board.matrix.suite}, per task",
                     out_dir / "accuracy_vs_state_size.png"))
-    if any(_length_rows(rows) for rows in sel.values()):
+    if _length_rows(board.rows):
         out.append(("Length generalisation: test accuracy against evaluation length",
                     out_dir / "length_generalisation.png"))
-    if any(r.get("ess") is not None for rows in sel.values() for r in rows):
-        out.append(("Test accuracy against effective state size (and per key-value pair)",
-                    out_dir / "ess_vs_accuracy.png"))
+    if board.recall and board.study.get(board.recall):
+        out.append((f"Slice accuracy against ESS and TSS per key-value pair: suite "
+                    f"{board.recall}", out_dir / "ess_vs_accuracy.png"))
     return out
 
 
-def _grid(n: int, plt: Any, width: float = 4.2, height: float = 3.4) -> tuple[Any, list[Any]]:
-    cols = min(n, 3)
+def styles(labels: list[str], plt: Any) -> dict[str, tuple[Any, str]]:
+    """A colour and marker per label, in the order given: tab20's ten dark colours, then its
+    ten light ones (neighbours differ in hue), then the next marker."""
+    cmap = plt.get_cmap("tab20")
+    return {lab: (cmap((2 * i) % 20 + (i // 10) % 2), MARKERS[(i // 20) % len(MARKERS)])
+            for i, lab in enumerate(labels)}
+
+
+def _grid(n: int, plt: Any, cols: int = 3) -> tuple[Any, list[Any]]:
+    cols = min(n, cols)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_W * cols, PANEL_H * rows),
+                             squeeze=False)
     flat = [a for row in axes for a in row]
     for a in flat[n:]:
         a.set_visible(False)
     return fig, flat[:n]
 
 
-def _colors(names: list[str], plt: Any) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
-    return {n: cmap(i % 10) for i, n in enumerate(sorted(set(names)))}
-
-
-def _save(fig: Any, path: Path) -> None:
+def _finish(fig: Any, style: dict[str, tuple[Any, str]], shown: set[str], plt: Any,
+            path: Path, title: str | None = None) -> None:
+    """A title above and one legend (a colour per label shown) below the panels; fixed
+    margins (tight_layout costs a full draw); save; free the figure."""
+    handles = [plt.Line2D([], [], color=c, marker=m, ls="-", ms=5, label=lab)
+               for lab, (c, m) in sorted(style.items()) if lab in shown]
+    ncol = max(1, min(len(handles), int(fig.get_figwidth() // 2.1)))
+    legend_rows = -(-len(handles) // ncol)
+    height = fig.get_figheight()
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.98, top=1 - (0.65 if title else 0.35) / height,
+                        bottom=(0.55 + 0.2 * legend_rows) / height, wspace=0.3, hspace=0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = round(fig.get_figheight() / 3.4)  # fixed margins: tight_layout costs a full draw
-    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.09 / rows, bottom=0.2 / rows,
-                        wspace=0.3, hspace=0.45)
     fig.savefig(path, dpi=90, metadata=PNG_META)
+    plt.close(fig)
 
 
-def _by_layer(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def _axes(ax: Any, title: str, xlabel: str, ylabel: str, logx: bool = True) -> None:
+    if logx:
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(-0.02, 1.02))
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3, lw=0.5)
+
+
+def _by_label(rows: list[Row]) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {}
     for r in rows:
-        out.setdefault(r["layer"], []).append(r)
-    return out
+        out.setdefault(r.label, []).append(r)
+    return dict(sorted(out.items()))
 
 
-def draw_all(summary: Summary, out_dir: Path,
-             corr: dict[str, Any] | None = None) -> list[tuple[str, Path]]:
+def _recall(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) -> None:
+    rows = [r for r in by_suite(board.rows).get(board.recall, []) if r.test and r.state_bytes]
+    slices = _slices(rows)
+    fig, axes = _grid(len(slices), plt, cols=2 if len(slices) == 4 else 3)
+    for ax, sl in zip(axes, slices):
+        for lab, group in _by_label(rows).items():
+            pts = sorted((r.state_bytes, r.stat(f"test/acc@{sl}")) for r in group
+                         if r.stat(f"test/acc@{sl}"))
+            c, m = style[lab]
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+                        yerr=[p[1][1] for p in pts], color=c, marker=m, ms=4, lw=1,
+                        capsize=2)
+        _axes(ax, f"{sl.replace('=', ' = ')} key-value pairs", "state size (bytes, fp32)",
+              "test accuracy")
+    _finish(fig, style, {r.label for r in rows}, plt, path,
+            f"suite {board.recall}: one line per architecture through its widths")
+
+
+def _state(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) -> None:
+    rows = [r for r in board.rows if r.suite == board.matrix.suite and r.test and r.state_bytes]
+    settings = by_setting(rows)
+    fig, axes = _grid(len(settings), plt)
+    for ax, ((task, _), group) in zip(axes, settings.items()):
+        for lab, rs in _by_label(group).items():
+            c, m = style[lab]
+            ax.errorbar([r.state_bytes for r in rs], [r.test[0] for r in rs],
+                        yerr=[r.test[1] for r in rs], color=c, marker=m, ms=5, lw=1, ls="none")
+        _axes(ax, task, "state size (bytes, fp32)", "test accuracy")
+    _finish(fig, style, {r.label for r in rows}, plt, path)
+
+
+def _lengths(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) -> None:
+    panels = {k: _length_rows(rs) for k, rs in by_suite(board.rows).items()}
+    panels = {(s, key): rs for s, srows in panels.items()
+              for key, rs in by_setting(srows).items()}
+    titles = [f"{task} ({suite or 'no suite'})" for suite, (task, _) in panels]
+    titles = [t + (f" #{titles[:i].count(t) + 1}" if titles.count(t) > 1 else "")
+              for i, t in enumerate(titles)]
+    fig, axes = _grid(len(panels), plt)
+    for ax, title, rows in zip(axes, titles, panels.values()):
+        for r in rows:
+            pts = [(int(v[4:]), r.stat(f"test/acc@{v}")) for v in r.variants("len=")]
+            pts = [(x, s[0]) for x, s in pts if s]
+            c, m = style[r.label]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=c, marker=m, ms=4, lw=1)
+        trained = train_length(rows[0].cfg["task"])
+        if isinstance(trained, (int, float)):
+            ax.axvline(trained, color="0.4", ls=":", lw=1)
+            ax.annotate("trained", (trained, 0.98), fontsize=7, color="0.3",
+                        xytext=(3, 0), textcoords="offset points", va="top")
+        _axes(ax, title, "evaluation length", "test accuracy", logx=False)
+    _finish(fig, style, {r.label for rs in panels.values() for r in rs}, plt, path)
+
+
+def _fmt_corr(c: dict[str, Any] | None, measure: str) -> str:
+    rho = (c or {}).get(measure, {}).get("spearman")
+    if not rho:
+        return ""
+    return f": Spearman {rho[0]:+.2f} [{rho[1]:+.2f}, {rho[2]:+.2f}]"
+
+
+def _ess(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) -> None:
+    pts = [p for p in board.points if p["suite"] == board.recall]
+    groups = {"all mixers": (pts, "all"), FIXED: ([p for p in pts if p["fixed"] is True], FIXED),
+              GROWING: ([p for p in pts if p["fixed"] is False], GROWING)}
+    corr = board.study.get(board.recall, {})
+    fig, axes = _grid(6, plt, cols=2)
+    names = {"ess_per_kv": "ESS per key-value pair (floats)",
+             "tss_per_kv": "TSS per key-value pair (floats)"}
+    for i, (title, (gp, key)) in enumerate(groups.items()):
+        for j, measure in enumerate(names):
+            ax = axes[2 * i + j]
+            for lab in sorted({p["label"] for p in gp}):
+                mine = [p for p in gp if p["label"] == lab]
+                c, m = style[lab]
+                ax.scatter([p[measure] for p in mine], [p["acc"] for p in mine], color=c,
+                           marker=m, s=14, alpha=0.8)
+            _axes(ax, title + _fmt_corr(corr.get(key), measure), names[measure],
+                  "test accuracy of the slice")
+    _finish(fig, style, {p["label"] for p in pts}, plt, path)
+
+
+def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sel = {t: rows for t, rows in _selected(summary).items() if rows}
-    todo = planned(summary, out_dir)
-    names = {p.name for _, p in todo}
-    colors = _colors([r["layer"] for rows in sel.values() for r in rows], plt)
-
-    if "accuracy_vs_state_size.png" in names:
-        fig, axes = _grid(len(sel), plt)
-        for ax, (task, rows) in zip(axes, sorted(sel.items())):
-            for layer, group in sorted(_by_layer(rows).items()):  # one artist per layer
-                ax.errorbar([r["state_size"] for r in group], [r["test"][0] for r in group],
-                            yerr=[r["test"][1] for r in group], fmt="o", ms=4, lw=0.8,
-                            color=colors[layer])
-            ax.set_xscale("log")
-            ax.set(title=task, xlabel="state size (floats)", ylabel="test accuracy",
-                   ylim=(-0.02, 1.02))
-        _finish(fig, colors, plt, out_dir / "accuracy_vs_state_size.png")
-
-    if "length_generalisation.png" in names:
-        groups = {t: _length_rows(rows) for t, rows in sel.items() if _length_rows(rows)}
-        fig, axes = _grid(len(groups), plt)
-        for ax, (task, rows) in zip(axes, sorted(groups.items())):
-            for r in rows:
-                pts = sorted((int(v[4:]), acc[0]) for v, acc in r["by_variant"].items()
-                             if v.startswith("len="))
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1,
-                        color=colors[r["layer"]], alpha=0.8)
-            ax.set(title=task, xlabel="evaluation length", ylabel="test accuracy",
-                   ylim=(-0.02, 1.02))
-        _finish(fig, colors, plt, out_dir / "length_generalisation.png")
-
-    if "ess_vs_accuracy.png" in names:
-        points = [p for rows in sel.values() for r in rows for p in r.get("slices", [])
-                  for p in [{**p, "layer": r["layer"], "suite": r.get("suite") or "-",
-                             "fixed": r.get("fixed_state")}]]
-        suites = sorted({p["suite"] for p in points})
-        fig, axes = _grid(3 * (1 + len(suites)) if points else 1, plt)
-        with_ess = [r for rows in sel.values() for r in rows if r.get("ess") is not None]
-        for layer, group in sorted(_by_layer(with_ess).items()):
-            axes[0].scatter([r["ess"] for r in group], [r["test"][0] for r in group],
-                            color=colors[layer], s=18)
-        axes[0].set_xscale("log")
-        axes[0].set(title="all tasks", xlabel="ESS (floats, tolerance)",
-                    ylabel="test accuracy", ylim=(-0.02, 1.02))
-        # the state_size points pooled (first row), then one row per suite
-        groups = (corr or {}).get("groups") or {}
-        panels = [("all suites", points, corr or {}, None)] + [
-            (f"suite {s}", [p for p in points if p["suite"] == s], groups.get((s, ""), {}),
-             groups.get((s, FIXED), {})) for s in suites]
-        for row, (title, pts, stats, fixed_stats) in enumerate(panels):
-            if row:  # first column: ESS per pair of the suite's fixed-state mixers alone
-                rho = [(fixed_stats.get(k) or {}).get("spearman") for k in PER_KV]
-                _per_kv_panel(axes[3 * row], [p for p in pts if p["fixed"]], "ess_per_kv",
-                              "fixed-state mixers" + (f": ESS {rho[0]:+.2f}, TSS {rho[1]:+.2f}"
-                                                      if None not in rho else ""), colors)
-            for ax, key in zip(axes[3 * row + 1:3 * row + 3], PER_KV):
-                rho = (stats.get(key) or {}).get("spearman")
-                _per_kv_panel(ax, pts, key, title + (f": Spearman {rho:+.2f}"
-                                                     if rho is not None else ""), colors)
-        _finish(fig, colors, plt, out_dir / "ess_vs_accuracy.png")
+    todo = planned(board, out_dir)
+    style = styles(board.labels, plt)
+    draw = {HEADLINE: _recall, "accuracy_vs_state_size.png": _state,
+            "length_generalisation.png": _lengths, "ess_vs_accuracy.png": _ess}
+    for _, path in todo:
+        draw[path.name](board, style, plt, path)
     return todo
-
-
-PER_KV = {"ess_per_kv": "ESS per key-value pair", "tss_per_kv": "TSS per key-value pair"}
-
-
-def _per_kv_panel(ax: Any, pts: list[dict[str, Any]], key: str, title: str,
-                  colors: dict[str, Any]) -> None:
-    """Slice accuracy against ESS or TSS per key-value pair (log x), a colour per layer."""
-    for layer, group in sorted(_by_layer(pts).items()):
-        ax.scatter([p[key] for p in group], [p["acc"] for p in group],
-                   color=colors[layer], s=18)
-    ax.set_xscale("log")
-    ax.set(title=title, xlabel=PER_KV[key], ylabel="test accuracy of the slice",
-           ylim=(-0.02, 1.02))
-
-
-def _finish(fig: Any, colors: dict[str, Any], plt: Any, path: Path) -> None:
-    """One legend (a colour per layer) below the panels; save; free the figure."""
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=n) for n, c in colors.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8,
-               frameon=False)
-    _save(fig, path)
-    plt.close(fig)

@@ -1,36 +1,25 @@
-import copy
+"""python -m zoo.leaderboard: selection, counting, the first screen, the CSV, the CLI."""
+
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from synthetic_records import config, frontier, many, record
 
 from zoo import leaderboard
-from zoo.record import SCHEMA_VERSION, write_record
+from zoo.labels import layer_defaults
+from zoo.record import write_record
+from zoo.selection import read, summarise
 
-BASE_CFG = {
-    "task": {"name": "assoc_recall", "seq_len": 64, "num_kv_pairs": 4, "vocab_size": 8192,
-             "power_a": 0.01, "random_non_queries": True, "num_train": 100, "num_val": 10,
-             "num_test": 10, "batch_size": 8, "eval_lengths": None},
-    "layer": {"name": "attention", "num_heads": 4, "pos": "rope", "window": None},
-    "model": {"d_model": 64, "n_layers": 2, "pattern": None, "channel": "mlp"},
-    "optim": {"lr": 1e-3, "weight_decay": 0.1},
-    "trainer": {"max_steps": 10},
-    "seed": 0, "results_dir": "x", "out_dir": "y",
-}
+REPO = Path(__file__).resolve().parents[2]
 
 
-def rec(run_id, lr, seed, val, test, layer="attention", status="completed", **cfg_changes):
-    cfg = copy.deepcopy(BASE_CFG)
-    cfg["optim"]["lr"] = lr
-    cfg["seed"] = seed
-    cfg["layer"]["name"] = layer
-    for k, v in cfg_changes.items():
-        cfg["model"][k] = v
-    metrics = {} if status != "completed" else {"val/acc": val, "test/acc": test,
-                                                  "test/exact_match": test / 2}
-    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "status": status, "time": "t",
-            "task": "assoc_recall", "layer": layer, "config": cfg, "seed": seed,
-            "metrics": metrics, "params": 1000, "state_size": 512,
-            "throughput_tokens_per_s": 100.0, "wall_time_s": 1.0, "error": None}
+def rec(run_id, lr, seed, val, test, layer="attention", status="completed", **model):
+    return record(run_id, config(layer=layer, lr=lr, seed=seed, **model), val, test,
+                  status=status)
 
 
 @pytest.fixture
@@ -41,29 +30,38 @@ def results(tmp_path):
         write_record(d, rec(f"a{i}", 1e-3, i, val, test))
     for i, (val, test) in enumerate([(0.80, 0.99), (0.82, 0.99)]):
         write_record(d, rec(f"b{i}", 1e-2, i, val, test))
-    write_record(d, rec("c0", 1e-3, 0, 0, 0, status="failed"))
+    write_record(d, rec("c0", 1e-3, 5, 0, 0, status="failed"))
     write_record(d, rec("d0", 1e-3, 0, 0.5, 0.6, n_layers=1))
     return d
 
 
+def rows_of(d):
+    return {r.label: r for r in summarise(read(d).counted)}
+
+
+def table_lines(text, heading):
+    """The table lines of the section that starts at ``heading``."""
+    body = text.split(heading, 1)[1].split("\n#", 1)[0]
+    return [ln for ln in body.splitlines() if ln.startswith("| ")]
+
+
 def test_selects_on_validation_and_reports_test_over_seeds(results):
-    summary = leaderboard.summarise(leaderboard.load_records(results)[0])
-    rows = {r["model"].split()[1]: r for r in summary["assoc_recall"]}
-    two = rows["x2"]
-    assert two["hp"]["lr"] == 1e-3 and two["n"] == 3 and two["failed"] == 1
-    assert two["test"][0] == pytest.approx(0.52)
-    assert two["test"][1] == pytest.approx(0.02)
-    assert two["val"][0] == pytest.approx(0.92)
-    assert rows["x1"]["n"] == 1
+    rows = rows_of(results)
+    two = rows["attention"]
+    assert two.hp["optim.lr"] == 1e-3 and two.n == 3 and two.failed == 1
+    assert two.test[0] == pytest.approx(0.52) and two.test[1] == pytest.approx(0.02)
+    assert two.stat("val/acc")[0] == pytest.approx(0.92)
+    assert rows["attention x1"].n == 1
 
 
-def test_render_marks_best_and_is_byte_stable(results, tmp_path):
+def test_render_is_byte_stable_three_decimals_and_std_only_over_seeds(results, tmp_path):
     out = tmp_path / "leaderboard.md"
     assert leaderboard.main(["--results", str(results), "--out", str(out)]) == 0
     first = out.read_bytes()
     text = first.decode()
-    assert "0.5200 ± 0.0200 (n=3)" in text
-    assert "**0.6000 ± 0.0000 (n=1)**" in text  # best test accuracy of the task is marked
+    assert "| attention | 0.520 ± 0.020 | 3 |" in text
+    assert "| attention x1 | **0.600** | 1 |" in text  # the best of the table; one seed: no ±
+    assert "± 0.000" not in text
     assert leaderboard.main(["--results", str(results), "--out", str(out)]) == 0
     assert out.read_bytes() == first
     assert leaderboard.main(["--results", str(results), "--out", str(out), "--check"]) == 0
@@ -72,26 +70,195 @@ def test_render_marks_best_and_is_byte_stable(results, tmp_path):
 def test_check_detects_stale_file(results, tmp_path):
     out = tmp_path / "leaderboard.md"
     leaderboard.main(["--results", str(results), "--out", str(out)])
-    write_record(results, rec("e0", 1e-3, 5, 0.99, 0.99, layer="other"))
+    write_record(results, rec("e0", 1e-3, 5, 0.99, 0.99, layer="gla"))
     assert leaderboard.main(["--results", str(results), "--out", str(out), "--check"]) == 1
 
 
-def test_corrupt_and_foreign_files_are_reported_not_fatal(results, tmp_path):
+def _suite_rec(run_id, task, layer, seed, test, suite="s", **layer_opts):
+    r = record(run_id, config(task, layer, seed=seed, suite=suite, layer_opts=layer_opts),
+               test, test, state=1024 * (1 + len(run_id)))
+    if task == "state_size":
+        r["metrics"].update({f"test/acc@kv={kv}": test / kv for kv in (4, 8, 16)})
+    return r
+
+
+def test_two_configs_differing_in_one_option_are_two_rows_everywhere(tmp_path):
+    """gla with short_conv 0 and 4: two labels, two rows in the matrix (the aggregate), in
+    each task's table, in the headline figure's suite and in the CSV; neither hides the
+    other (the old aggregate keyed rows by layer and model without options)."""
+    d = tmp_path / "results"
+    for task in ("assoc_recall", "state_size"):
+        for seed in range(2):
+            write_record(d, _suite_rec(f"{task}-p{seed}", task, "gla", seed, 0.4064))
+            write_record(d, _suite_rec(f"{task}-c{seed}", task, "gla", seed, 0.9897,
+                                       short_conv=4))
+            write_record(d, _suite_rec(f"{task}-a{seed}", task, "attention", seed, 0.5))
+    out = tmp_path / "leaderboard.md"
+    assert leaderboard.main(["--results", str(d), "--out", str(out)]) == 0
+    text = out.read_text()
+    matrix = table_lines(text, "## At a glance")
+    assert any(ln.startswith("| gla | ") and "0.406 (2) | 0.406 (2)" in ln for ln in matrix)
+    assert any(ln.startswith("| gla+conv4 | ") and "**0.990 (2)**" in ln for ln in matrix)
+    for task in ("assoc_recall", "state_size"):
+        lines = table_lines(text, f"### {task}:")
+        assert sum(ln.startswith("| gla | 0.406") for ln in lines) == 1
+        assert sum(ln.startswith("| gla+conv4 | **0.990") for ln in lines) == 1
+    csv_path = tmp_path / "runs.csv"
+    assert leaderboard.main(["--results", str(d), "--csv", str(csv_path)]) == 0
+    assert {"gla", "gla+conv4"} <= set(csv_path.read_text().split(","))
+
+
+def test_csv_has_one_row_per_readable_record(tmp_path):
+    pd = pytest.importorskip("pandas")
+    d = tmp_path / "results"
+    recs = frontier(seeds=2, lrs=(1e-3, 3e-3))
+    for r in recs:
+        write_record(d, r)
+    shutil.copy(next(d.rglob("*.json")), d / "copy.json")  # a duplicate: still a record
+    (d / "junk.json").write_text("{")
+    out = tmp_path / "records.csv"
+    assert leaderboard.main(["--results", str(d), "--csv", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert len(df) == len(recs) + 1 and df["counted"].sum() == len(recs)
+    hybrid = df[df["label"] == "phalanx:attention 1:1"]
+    assert len(hybrid) == 3 * 3  # widths x runs
+    # every mixer's options are columns of their own
+    assert (hybrid["config.model.mixer_options.attention.num_heads"]
+            == layer_defaults("attention")["num_heads"]).all()
+    assert (hybrid["config.layer.head_dim"] == layer_defaults("phalanx")["head_dim"]).all()
+    assert set(df["width"]) == {32, 64, 128}
+    assert "metrics.test/acc@kv=16" in df.columns and "stop_reason" in df.columns
+
+
+def test_duplicates_null_config_and_bad_metrics_are_reported_and_skipped(tmp_path, capsys):
+    d = tmp_path / "results"
+    for seed in range(2):
+        write_record(d, rec(f"a{seed}", 1e-3, seed, 0.9, 0.5 + seed / 10))
+    first = next(d.rglob("a0.json"))
+    shutil.copy(first, first.with_name("a0-copy.json"))  # the same record under a second name
+    write_record(d, rec("z9", 1e-3, 0, 0.9, 0.1))  # another run of the same config and seed
+    null = rec("n0", 1e-3, 0, 0.9, 0.9)
+    null["config"] = None
+    (d / "null.json").write_text(json.dumps(null))
+    bad = rec("m0", 1e-3, 3, 0.9, 0.9)
+    bad["metrics"] = [0.9]
+    (d / "bad.json").write_text(json.dumps(bad))
+    out = tmp_path / "leaderboard.md"
+    assert leaderboard.main(["--results", str(d), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    text = out.read_text()
+    for note in ("null.json: config is null, not a mapping",
+                 "bad.json: metrics is list, not a mapping",
+                 "a0-copy.json (counted: ", "z9.json (counted: "):
+        assert note in err and note in text, note
+    (row,) = summarise(read(d).counted)
+    assert row.n == 2 and row.test[0] == pytest.approx(0.55)  # seeds 0 and 1, once each
+    assert "2 files skipped, 2 duplicates ignored" in text
+
+
+def test_corrupt_and_foreign_files_are_reported_not_fatal(results):
     (results / "assoc_recall" / "attention" / "broken.json").write_text('{"run_id": ')
     (results / "foreign.json").write_text(json.dumps({"hello": 1}))
     text = leaderboard.build(results)
     assert "broken.json: unreadable" in text and "foreign.json: not a run record" in text
-    assert "0.5200 ± 0.0200 (n=3)" in text
+    assert "0.520 ± 0.020" in text
 
 
-def test_records_are_immutable(results):
-    with pytest.raises(FileExistsError):
-        write_record(results, rec("a0", 1e-3, 0, 0.1, 0.1))
-    assert json.loads((results / "assoc_recall" / "attention" / "a0.json").read_text())[
-        "metrics"]["val/acc"] == 0.90
+def test_frontier_figure_and_correlations_open_the_leaderboard(tmp_path):
+    d = tmp_path / "results"
+    for r in frontier():
+        write_record(d, r)
+    for r in frontier(seeds=1, lrs=(1e-3,), suite="older-study"):
+        write_record(d, r)
+    out = tmp_path / "leaderboard.md"
+    assert leaderboard.main(["--results", str(d), "--out", str(out)]) == 0
+    text = out.read_text()
+    sections = [ln for ln in text.splitlines() if ln.startswith("## ")]
+    assert sections[:2] == ["## Recall against state size: suite `frontier`",
+                            "## At a glance: suite `frontier`"]
+    head = text.split("## At a glance")[0]
+    assert "![Test accuracy per key-value slice against state size]" \
+           "(plots/recall_vs_state_size.png)" in head
+    corr = table_lines(head, "Spearman correlation")
+    assert [ln.split(" | ")[0] for ln in corr[1:]] == ["| all", "| fixed-state",
+                                                       "| growing-state"]
+    assert all("[" in ln.split(" | ")[2] for ln in corr[1:])  # intervals
+    png = tmp_path / "plots" / "recall_vs_state_size.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    frontier_rows = table_lines(text.split("## Suite `frontier`")[1], "### state_size:")
+    assert frontier_rows[0].startswith("| architecture | d | test acc | kv=4 | kv=8 | kv=16 |")
+    assert len(frontier_rows) == 1 + 11 * 3  # the header, forms x widths
+    assert all(len(ln) <= 120 for ln in table_lines(text, "## At a glance"))
 
 
-def test_per_length_table(tmp_path):
+def test_committed_leaderboard_opens_with_the_figure_and_a_matrix_in_120_columns():
+    text = (REPO / "leaderboard.md").read_text()
+    sections = [ln for ln in text.splitlines() if ln.startswith("## ")]
+    assert sections[0].startswith("## Recall against state size")
+    assert sections[1].startswith("## At a glance")
+    assert "![" in text.split(sections[1])[0]
+    matrix = table_lines(text, sections[1])
+    assert len(matrix) > 3 and all(len(ln) <= 120 for ln in matrix)
+
+
+def test_import_needs_neither_torch_nor_lightning():
+    code = ("import sys, zoo.leaderboard; "
+            "bad = [m for m in ('torch', 'lightning') if m in sys.modules]; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_thousand_records(tmp_path):
+    """The size issue 16 measures the build at (python -m zoo.leaderboard under 5 s); no
+    timing here, only that it builds."""
+    d = tmp_path / "results"
+    for r in many(1000):
+        write_record(d, r)
+    out = tmp_path / "leaderboard.md"
+    assert leaderboard.main(["--results", str(d), "--out", str(out)]) == 0
+    assert "from the 1000 run records" in out.read_text()
+
+
+def test_user_runs_never_write_the_committed_leaderboard(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_record("results", rec("p0", 1e-3, 0, 0.9, 0.9))
+    write_record("runs", rec("u0", 1e-3, 0, 0.9, 0.1, layer="gla"))
+    assert leaderboard.main([]) == 0
+    published = Path("leaderboard.md").read_bytes()
+    assert b"gla" not in published
+    assert leaderboard.main(["--results", "runs"]) == 0  # -> runs/leaderboard.md, runs/plots
+    assert leaderboard.main(["--suite", "s"]) == 0  # -> leaderboard-s.md
+    assert Path("runs/leaderboard.md").exists() and Path("leaderboard-s.md").exists()
+    assert Path("leaderboard.md").read_bytes() == published
+    assert leaderboard.main(["--check"]) == 0
+
+
+def test_suite_option_keeps_one_suite(tmp_path):
+    d = tmp_path / "results"
+    write_record(d, _suite_rec("x", "assoc_recall", "gla", 0, 0.3, suite="one"))
+    write_record(d, _suite_rec("y", "assoc_recall", "mamba", 0, 0.3, suite="two"))
+    text = leaderboard.build(d, suite="two")
+    assert "| mamba |" in text and "| gla |" not in text
+
+
+def test_budget_stop_reasons_and_no_throughput_in_ranking_tables(tmp_path):
+    d = tmp_path / "results"
+    for seed, stop in enumerate(("solved", "solved", "max_steps")):
+        r = _suite_rec(f"s{seed}", "assoc_recall", "gla", seed, 0.9)
+        r["stop_reason"] = stop
+        write_record(d, r)
+    write_record(d, _suite_rec("o0", "assoc_recall", "mamba", 0, 0.2))  # no stop_reason
+    text = leaderboard.build(d)
+    assert "Budget: 300 steps x 32 = 9,600 examples" in text
+    lines = table_lines(text, "### assoc_recall:")
+    assert lines[0].endswith("| stop | failed |")
+    assert lines[1].endswith("| 2S 1M | 0 |") and lines[2].endswith("| ? | 0 |")
+    ranking = text.split("## Details")[0]
+    assert "tokens/s" not in ranking and "tokens/s" in text.split("## Details")[1]
+
+
+def test_per_length_table_marks_the_training_length(tmp_path):
     d = tmp_path / "results"
     for seed, (a64, a128) in enumerate([(0.9, 0.5), (1.0, 0.7)]):
         r = rec(f"L{seed}", 1e-3, seed, 0.9, a64)
@@ -99,10 +266,8 @@ def test_per_length_table(tmp_path):
                              "test/exact_match@len=64": a64 / 2, "test/exact_match@len=128": 0.0})
         write_record(d, r)
     text = leaderboard.build(d)
-    header = next(line for line in text.splitlines()
-                  if line.startswith("| layer | model | setting | suite | len="))
-    assert header.index("len=64") < header.index("len=128"), "lengths sorted numerically"
-    assert "| 0.950 / 0.475 | 0.600 / 0.000 |" in text
+    assert "| architecture | len=64 (trained) | len=128 |" in text
+    assert "| attention | 0.950 / 0.475 | 0.600 / 0.000 |" in text
 
 
 def test_runs_of_two_suites_are_separate_rows(tmp_path):
@@ -110,16 +275,20 @@ def test_runs_of_two_suites_are_separate_rows(tmp_path):
     rows: a longer run of one suite is never selected into the other's row."""
     d = tmp_path / "results"
     for seed in range(3):
-        write_record(d, _suite_rec(f"t{seed}", "state_size", "gla", seed, 0.3, 0.2))
-    study = _suite_rec("s0", "state_size", "gla", 0, 0.9, 0.8)
-    study["config"]["suite"] = "study"
-    study["config"]["trainer"] = {"max_steps": 2000}  # another hyper-parameter
+        write_record(d, _suite_rec(f"t{seed}", "state_size", "gla", seed, 0.2))
+    study = _suite_rec("s0", "state_size", "gla", 0, 0.8, suite="study")
+    study["config"]["trainer"] = {"max_steps": 2000}
     write_record(d, study)
-    rows = leaderboard.summarise(leaderboard.load_records(d)[0])["state_size"]
-    by_suite = {r["suite"]: r for r in rows}
-    assert set(by_suite) == {"s", "study"}
-    assert by_suite["s"]["n"] == 3 and by_suite["s"]["test"][0] == pytest.approx(0.2)
-    assert by_suite["study"]["n"] == 1 and by_suite["study"]["test"][0] == pytest.approx(0.8)
+    by_suite = {r.suite: r for r in summarise(read(d).counted)}
+    assert by_suite["s"].n == 3 and by_suite["s"].test[0] == pytest.approx(0.2)
+    assert by_suite["study"].n == 1 and by_suite["study"].test[0] == pytest.approx(0.8)
+
+
+def test_records_are_immutable(results):
+    with pytest.raises(FileExistsError):
+        write_record(results, rec("a0", 1e-3, 0, 0.1, 0.1))
+    assert json.loads((results / "assoc_recall" / "attention" / "a0.json").read_text())[
+        "metrics"]["val/acc"] == 0.90
 
 
 def _write_many(args):
@@ -135,88 +304,34 @@ def test_parallel_writers_leave_every_record_intact(tmp_path):
     results = tmp_path / "results"
     with mp.get_context("spawn").Pool(2) as pool:
         assert sum(pool.map(_write_many, [(results, w, 100) for w in range(2)])) == 200
-    records, problems = leaderboard.load_records(results)
-    assert len(records) == 200 and not problems
+    records = read(results)
+    assert len(records.entries) == 200 and not records.problems
     assert not list(results.rglob("*.tmp")), "temp files left behind"
-
-
-def _suite_rec(run_id, task, layer, seed, val, test, suite="s"):
-    r = rec(run_id, 1e-3, seed, val, test, layer=layer)
-    r["task"] = task
-    r["config"]["task"]["name"] = task
-    r["config"]["suite"] = suite
-    return r
-
-
-def test_aggregate_score_is_the_mean_of_selected_tests_and_needs_every_setting(tmp_path):
-    d = tmp_path / "results"
-    write_record(d, _suite_rec("a1", "assoc_recall", "attention", 0, 0.9, 0.8))
-    write_record(d, _suite_rec("a2", "copying", "attention", 0, 0.9, 0.4))
-    write_record(d, _suite_rec("g1", "assoc_recall", "gla", 0, 0.5, 0.9))  # no copying run
-    write_record(d, rec("x1", 1e-3, 0, 0.99, 0.99, layer="cat"))  # not in the suite
-    su = leaderboard.aggregate(leaderboard.summarise(leaderboard.load_records(d)[0]))["s"]
-    assert len(su["columns"]) == 2
-    scores = {a.split(" |")[0]: s for a, s in su["score"].items()}
-    assert scores == {"attention": pytest.approx(0.6), "gla": None}
-    text = leaderboard.build(d)
-    assert "## Aggregate: suite `s`" in text and "| **0.6000** |" in text
-
-
-def test_rank_correlations():
-    assert leaderboard.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert leaderboard.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert leaderboard.spearman([1, 2, 3], [5, 5, 5]) is None  # no variation: undefined
-    assert leaderboard._ranks([3.0, 1.0, 3.0]) == [2.5, 1.0, 2.5]
-    # Pearson on x = 1..5 against y = x^2, by hand: r = 0.9811
-    assert leaderboard.pearson([1, 2, 3, 4, 5], [1, 4, 9, 16, 25]) == pytest.approx(0.98109, 1e-4)
-
-
-def test_state_size_slices_give_the_ess_and_tss_correlations(tmp_path):
-    d = tmp_path / "results"
-    # ESS per pair tracks accuracy, TSS per pair does not
-    for i, (ess, tss, acc) in enumerate([(0.5, 64, 0.2), (1.0, 8, 0.4), (2.0, 32, 0.6),
-                                          (4.0, 16, 0.9)]):
-        r = _suite_rec(f"s{i}", "state_size", f"m{i}", 0, 0.5, acc)
-        r["metrics"][f"test/acc@kv={i + 1}"] = acc
-        r["ess"] = {"layers": {}, "slices": {f"kv={i + 1}": {"ess_per_kv": ess,
-                                                               "tss_per_kv": tss}}}
-        write_record(d, r)
-    c = leaderboard.correlations(leaderboard.summarise(leaderboard.load_records(d)[0]))
-    assert c["n"] == 4 and c["ess_per_kv"]["spearman"] == pytest.approx(1.0)
-    assert c["tss_per_kv"]["spearman"] == pytest.approx(-0.4)  # 1 - 6*14/(4*15)
-    assert "| all | 4 | +1.000 | -0.400 | ESS |" in leaderboard.build(d)
-    assert c["groups"][("s", "")]["n"] == 4  # the suite; each one-run mixer has 1 point
-    assert ("s", "m0") not in c["groups"]
-    # a run of a learning rate that validation did not select is a point all the same
-    r = rec("s9", 9e-9, 0, 0.1, 0.3, layer="m0")  # validation 0.1 < 0.5: not selected
-    r["task"] = r["config"]["task"]["name"] = "state_size"
-    r["config"]["suite"] = "s"
-    r["metrics"]["test/acc@kv=1"] = 0.3
-    r["ess"] = {"layers": {}, "slices": {"kv=1": {"ess_per_kv": 0.7, "tss_per_kv": 64}}}
-    write_record(d, r)
-    c = leaderboard.correlations(leaderboard.summarise(leaderboard.load_records(d)[0]))
-    assert c["n"] == 5
 
 
 def test_plots_are_drawn_linked_and_check_writes_nothing(results, tmp_path):
     out = tmp_path / "site" / "leaderboard.md"
     out.parent.mkdir()
+    for r in frontier(seeds=1, lrs=(1e-3,)):
+        write_record(results, r)
     r = rec("L0", 1e-3, 0, 0.9, 0.9)
     r["metrics"].update({"test/acc@len=64": 0.9, "test/acc@len=128": 0.5})
     write_record(results, r)
     assert leaderboard.main(["--results", str(results), "--out", str(out)]) == 0
-    pngs = sorted(p.name for p in (out.parent / "plots").glob("*.png"))
-    assert pngs == ["accuracy_vs_state_size.png", "length_generalisation.png"]
-    for p in (out.parent / "plots").glob("*.png"):
+    plots = out.parent / "plots"
+    pngs = sorted(p.name for p in plots.glob("*.png"))
+    assert pngs == ["accuracy_vs_state_size.png", "ess_vs_accuracy.png",
+                    "length_generalisation.png", "recall_vs_state_size.png"]
+    for p in plots.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
         assert f"](plots/{p.name})" in out.read_text()
-    first = (out.parent / "plots" / "length_generalisation.png").read_bytes()
-    for p in (out.parent / "plots").glob("*.png"):
+    first = {p.name: p.read_bytes() for p in plots.glob("*.png")}
+    for p in plots.glob("*.png"):
         p.unlink()
     assert leaderboard.main(["--results", str(results), "--out", str(out), "--check"]) == 0
-    assert not list((out.parent / "plots").glob("*.png")), "--check must not draw"
+    assert not list(plots.glob("*.png")), "--check must not draw"
     leaderboard.main(["--results", str(results), "--out", str(out)])
-    assert (out.parent / "plots" / "length_generalisation.png").read_bytes() == first
+    assert {p.name: p.read_bytes() for p in plots.glob("*.png")} == first
 
 
 def test_lower_is_better_selection_and_perplexity_column(tmp_path):
@@ -226,71 +341,44 @@ def test_lower_is_better_selection_and_perplexity_column(tmp_path):
         r["config"]["early_stopping"] = {"monitor": "val/ppl", "mode": "min"}
         r["metrics"].update({"val/ppl": val_ppl, "test/ppl": test_ppl})
         write_record(d, r)
-    (row,) = leaderboard.summarise(leaderboard.load_records(d)[0])["assoc_recall"]
-    assert row["hp"]["lr"] == 3e-3 and row["selected_on"] == "val/ppl"  # lowest val ppl
-    assert row["ppl"][0] == 40.0  # its test perplexity, however bad
-    assert "| test ppl | test acc |" in leaderboard.build(d)
+    (row,) = summarise(read(d).counted)
+    assert row.hp["optim.lr"] == 3e-3 and row.selected_on == "val/ppl"  # lowest val ppl
+    assert row.stat("test/ppl")[0] == 40.0  # its test perplexity, however bad
+    assert "| architecture | test ppl | test acc |" in leaderboard.build(d)
 
 
 def test_committed_leaderboard_is_up_to_date(tmp_path):
     """leaderboard.md on main is what `python -m zoo.leaderboard` builds from the records
-    committed under results/ (not from the runs of this checkout: the README's first command
-    adds one, and the tests must still pass after it)."""
-    import shutil
-    import subprocess
-    from pathlib import Path
-    repo = Path(__file__).resolve().parents[2]
+    committed under results/ (not from the runs of this checkout)."""
     try:
-        tracked = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "results"],
+        tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "results"],
                                  capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: which records are committed is unknown")
     for name in filter(None, tracked.split("\0")):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo / name, tmp_path / name)
+        shutil.copy2(REPO / name, tmp_path / name)
     assert leaderboard.main(["--results", str(tmp_path / "results"),
-                             "--out", str(repo / "leaderboard.md"), "--check"]) == 0, \
+                             "--out", str(REPO / "leaderboard.md"), "--check"]) == 0, \
         "run `python -m zoo.leaderboard` and commit leaderboard.md and plots/"
-    for line in (repo / "leaderboard.md").read_text().splitlines():
-        if line.startswith("- [") and "](plots/" in line:
-            assert (repo / line.split("](", 1)[1].rstrip(")")).exists(), line
+    for line in (REPO / "leaderboard.md").read_text().splitlines():
+        if "](plots/" in line:
+            assert (REPO / line.split("](", 1)[1].split(")")[0]).exists(), line
 
 
-def test_ess_correlations_within_fixed_and_growing_state_mixers(tmp_path):
-    """Rows are classed by their layers' state_size at T - 1 and T: recurrences and attention
-    with a window shorter than T have a fixed state, full attention (or a window >= T) not."""
-    d = tmp_path / "results"
-    runs = [("g", "gla", {}, 0.9), ("w", "swa", {"window": 16}, 0.5),
-            ("W", "swa", {"window": 64}, 0.6), ("a", "attention", {}, 0.8),
-            ("x", "no_such_mixer", {}, 0.7)]
-    for i, (run_id, layer, opts, acc) in enumerate(runs):
-        r = _suite_rec(run_id, "state_size", layer, 0, 0.5, acc)
-        r["config"]["task"]["seq_len"] = 64
-        r["config"]["layer"] = {"name": layer, **opts}  # the layer's defaults otherwise
-        for kv in (1, 2):
-            r["metrics"][f"test/acc@kv={kv}"] = acc / kv
-        r["ess"] = {"layers": {}, "slices": {f"kv={kv}": {"ess_per_kv": (i + 1) / kv,
-                                                           "tss_per_kv": 64 / kv}
-                                             for kv in (1, 2)}}
-        write_record(d, r)
-    summary = leaderboard.summarise(leaderboard.load_records(d)[0])
-    fixed = {r["layer"] + str(r["model"]): r["fixed_state"] for r in summary["state_size"]}
-    assert sorted(fixed.values(), key=str) == [False, False, None, True, True]
-    groups = leaderboard.correlations(summary)["groups"]
-    assert groups[("s", leaderboard.FIXED)]["n"] == 4  # gla and swa(16), two slices each
-    assert groups[("s", leaderboard.GROWING)]["n"] == 4  # attention and swa(64)
-    assert groups[("s", "")]["n"] == 10  # the unbuildable layer is in the suite, in no class
+def test_committed_records_carry_the_state_at_the_last_position():
+    """Every committed record says its state at T - 1 (state_size_prev), so the leaderboard
+    classes fixed- and growing-state mixers without building a model."""
+    records = read(REPO / "results")
+    missing = [p for p, r in records.entries if not isinstance(r.get("state_size_prev"), int)]
+    assert not missing, missing[:5]
 
 
 def test_committed_records_give_ess_in_floats():
     """Every committed record's ESS totals are in zoo.ess's units (floats: heads x value
     channels x per-head ESS, summed over layers), slice by slice, as the leaderboard compares
     them with the state size."""
-    from pathlib import Path
-
-    from zoo.record import load_records
-    records, _ = load_records(Path(__file__).resolve().parents[2] / "results")
-    measured = [r for r in records if isinstance(r.get("ess"), dict)]
+    measured = [r for r in read(REPO / "results").counted if isinstance(r.get("ess"), dict)]
     if not measured:
         pytest.skip("no records with an ESS summary in this checkout")
 

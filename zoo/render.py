@@ -1,0 +1,277 @@
+"""``leaderboard.md`` as text, from a ``zoo.selection.Board``: the headline figure and the
+ESS/TSS correlations beside it, the matrix, a section per suite with its budget, then the
+details (per-length tables, the whole ESS study, throughput per machine, skipped files).
+
+Pure formatting: every number is computed in ``zoo.selection`` and ``zoo.ess_study``. Three
+decimals for accuracies, ``± std`` only over more than one seed, state sizes in bytes (fp32).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .ess_study import FIXED, GROWING, verdict
+from .labels import train_length
+from .selection import Board, Row, by_setting, by_suite, performance, swept
+
+SHORT = {"assoc_recall": "MQAR", "copying": "copy", "induction": "induction",
+         "memorization": "memorize", "selective_copying": "sel. copy", "state_size": "kv slices",
+         "lm": "lm"}
+README = "README, \"Reading the leaderboard\""
+
+
+def si(x: float | None) -> str:
+    """Three significant digits with k / M / G (``65.5k``)."""
+    if x is None:
+        return "–"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            v = x / div
+            return f"{v:.3g}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    return f"{x:.0f}"
+
+
+def acc(s: tuple[float, float, int] | None, std: bool = True) -> str:
+    if s is None:
+        return "–"
+    return f"{s[0]:.3f}" + (f" ± {s[1]:.3f}" if std and s[2] > 1 else "")
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _table(header: Sequence[str], lines: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cells) + " |" for cells in lines] + [""])
+
+
+def _bold_best(cells: list[str], higher: bool = True) -> list[str]:
+    """Bold the best value as printed (ties all bold; ``–`` is no value)."""
+    shown = [None if c == "–" else float(c.split()[0]) for c in cells]
+    vals = [v for v in shown if v is not None]
+    if not vals:
+        return cells
+    best = max(vals) if higher else min(vals)
+    return [f"**{c}**" if v == best else c for c, v in zip(cells, shown)]
+
+
+def _corr(c: dict[str, Any] | None, measure: str, stat: str = "spearman") -> str:
+    v = ((c or {}).get(measure) or {}).get(stat)
+    if v is None:
+        return "–"
+    if v[1] != v[1] or v[2] != v[2]:  # NaN: too few resamples where it is defined
+        return f"{v[0]:+.3f}"
+    return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
+
+def _choices(row: Row) -> str:
+    """The values selection chose for what varied among the row's runs (``lr=0.003``)."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_num(row.hp.get(k))}"
+                     for k in swept([row])) or "–"
+
+
+def _suite_note(rows: list[Row]) -> str:
+    runs = sum(len(r.runs) for r in rows)
+    failed = sum(r.failed for r in rows)
+    grid = "; ".join(f"{k} {', '.join(_num(v) for v in vs)}" for k, vs in swept(rows).items())
+    widths = ", ".join(str(w) for w in sorted({r.width for r in rows if r.width}))
+    return (f"Budget: {'; '.join(sorted({r.budget for r in rows}))}; width d {widths}. "
+            + (f"Selected on validation over {grid}. " if grid else "")
+            + f"{runs} runs, {failed} failed.")
+
+
+def headline(board: Board, figure: str | None) -> list[str]:
+    if not board.recall:
+        return []
+    rows = by_suite(board.rows)[board.recall]
+    lines = [f"## Recall against state size: suite `{board.recall}`", ""]
+    if figure:
+        lines += [f"![Test accuracy per key-value slice against state size]({figure})", ""]
+    lines += [f"Test accuracy on each key-value slice of the state-size task against the "
+              f"model's state size in bytes (fp32), one line per architecture through its "
+              f"widths; hyper-parameters selected on validation, mean over "
+              f"seeds. {_suite_note(rows)} Tables: section `{board.recall}` below.", ""]
+    groups = board.study.get(board.recall) or {}
+    if groups:
+        lines += ["Spearman correlation of slice accuracy with the measured (ESS) and "
+                  "theoretical (TSS) state per key-value pair, over every trained model x "
+                  "slice of the suite, with 95% bootstrap intervals; one is called higher only "
+                  "where the intervals separate:", ""]
+        lines += _table(["mixers", "points", "ESS / kv", "TSS / kv", "higher"],
+                        [[g, str(c["n"]), _corr(c, "ess_per_kv"), _corr(c, "tss_per_kv"),
+                          verdict(c)] for g in ("all", FIXED, GROWING)
+                         if (c := groups.get(g))])
+    return lines
+
+
+def _column_names(columns: list[tuple[str, str]]) -> list[str]:
+    names = [SHORT.get(t, t) for t, _ in columns]
+    return [f"{n} {names[:i].count(n) + 1}" if names.count(n) > 1 else n
+            for i, n in enumerate(names)]
+
+
+def matrix_section(board: Board) -> list[str]:
+    m = board.matrix
+    if m is None:
+        return []
+    rows = [r for r in board.rows if r.suite == m.suite]
+    names = _column_names(m.columns)
+    several = len({w for _, w, _, _ in m.lines}) > 1
+    t_max = max((r.cfg["task"].get("seq_len") or 0 for r in rows), default=0)
+    header = ["architecture"] + ["d"] * several + ["state B", "mean"] + names
+    lines = []
+    for lab, w, cells, score in m.lines:
+        state = max((c.state_bytes or 0 for c in cells.values()), default=0) or None
+        lines.append([lab] + [str(w)] * several + [si(state), "–" if score is None
+                                                    else f"{score:.3f}"]
+                     + [f"{acc(cells[c].test, False)} ({cells[c].n})" if c in cells else "–"
+                        for c in m.columns])
+    for j in range(2 + several, len(header)):  # bold the best of each column
+        for ln, cell in zip(lines, _bold_best([ln[j] for ln in lines])):
+            ln[j] = cell
+    legend = [f"- {n}: `{task}` {setting}" for n, (task, setting) in zip(names, m.columns)]
+    return ([f"## At a glance: suite `{m.suite}`", "",
+             f"Test accuracy of the hyper-parameters selected on validation (seeds in "
+             f"brackets), per task; state B: the state size in bytes (fp32) at the longest "
+             f"training length (T {t_max}); mean: over the tasks, where an architecture has "
+             f"all (MAD-Lab's score, selected on validation); **bold**: the best of a column. "
+             f"{_suite_note(rows)}", ""]
+            + _table(header, lines) + legend + [""])
+
+
+def _setting_table(rows: list[Row], budget_column: bool) -> list[str]:
+    ppl = any(r.stat("test/ppl") for r in rows)
+    kvs = sorted({v for r in rows for v in r.variants("kv=")},
+                 key=lambda v: int(v[3:]) if v[3:].isdigit() else 0)
+    exact = any(r.selected_on == "val/exact_match" for r in rows)
+    val = sorted({r.selected_on.split("/", 1)[-1] for r in rows})
+
+    def order(r: Row) -> tuple:
+        if ppl:
+            head = r.stat("test/ppl")[0] if r.stat("test/ppl") else float("inf")
+        else:
+            head = -r.test[0] if r.test else 1.0
+        return (head, r.label, r.width or 0)
+
+    rows = sorted(rows, key=order)
+    several = len({r.width for r in rows}) > 1
+    header = (["architecture"] + ["d"] * several + ["test ppl"] * ppl + ["test acc"]
+              + ["test exact"] * exact + kvs
+              + ["n", "val " + val[0] if len(val) == 1 else "val", "state B", "params",
+                 "chosen", "stop", "failed"]
+              + ["budget"] * budget_column)
+    lines = []
+    for r in rows:
+        sel = r.stat(r.selected_on)
+        lines.append(
+            [r.label] + [str(r.width or "–")] * several + [acc(r.stat("test/ppl"))] * ppl
+            + [acc(r.test)]
+            + [acc(r.stat("test/exact_match"))] * exact
+            + [acc(r.stat(f"test/acc@{v}"), False) for v in kvs]
+            + [str(r.n), acc(sel, False), si(r.state_bytes), si(r.first("params")),
+               _choices(r) if r.chosen else "–", r.stops or "–", str(r.failed)]
+            + [r.budget] * budget_column)
+    j = 1 + several  # the leading metric: test ppl, else test acc
+    for ln, cell in zip(lines, _bold_best([ln[j] for ln in lines], not ppl)):
+        ln[j] = cell
+    return _table(header, lines)
+
+
+def suite_sections(board: Board) -> list[str]:
+    lines: list[str] = []
+    for suite, rows in by_suite(board.rows).items():
+        named = suite is not None
+        lines += [f"## Suite `{suite}`" if named else "## Runs outside a suite", ""]
+        lines += [_suite_note(rows) if named else
+                  "Runs of no suite (each row its own budget, in its last column).", ""]
+        for (task, setting), group in by_setting(rows).items():
+            lines += [f"### {task}: {setting}", ""]
+            lines += _setting_table(group, not named or len({r.budget for r in group}) > 1)
+    return lines
+
+
+def _length_tables(board: Board) -> list[str]:
+    lines: list[str] = []
+    for suite, rows in by_suite(board.rows).items():
+        for (task, setting), group in by_setting(rows).items():
+            group = [r for r in group if len(r.variants("len=")) > 1]
+            if not group:
+                continue
+            lengths = sorted({v for r in group for v in r.variants("len=")},
+                             key=lambda v: int(v[4:]))
+            trained = train_length(group[0].cfg["task"])
+            names = [v + (" (trained)" if v == f"len={trained}" else "") for v in lengths]
+            lines += [f"Suite `{suite}`, {task}: {setting}" if suite else
+                      f"No suite, {task}: {setting}", ""]
+            several = len({r.width for r in group}) > 1
+            lines += _table(["architecture"] + ["d"] * several + names, [
+                [r.label] + [str(r.width or "–")] * several
+                + [f"{acc(r.stat(f'test/acc@{v}'), False)} / "
+                   f"{acc(r.stat(f'test/exact_match@{v}'), False)}" for v in lengths]
+                for r in sorted(group, key=lambda r: (r.label, r.width or 0))])
+    if not lines:
+        return []
+    return ["### Test accuracy by evaluation length", "",
+            "Token accuracy / exact match (the whole example right) of the selected runs at "
+            "each evaluation length, mean over seeds.", ""] + lines
+
+
+def _study_table(board: Board) -> list[str]:
+    if not board.study:
+        return []
+    lines = []
+    for suite, groups in board.study.items():
+        for g, c in groups.items():
+            lines.append([suite or "–", g, str(c["n"]), _corr(c, "ess_per_kv"),
+                          _corr(c, "tss_per_kv"), verdict(c),
+                          _corr(c, "ess_per_kv", "pearson_log"),
+                          _corr(c, "tss_per_kv", "pearson_log")])
+    return (["### ESS and TSS per key-value pair against slice accuracy, every suite", "",
+             "Every completed run of `task=state_size` (all hyper-parameters and seeds) x "
+             "key-value slice: Spearman, and Pearson against the log of ESS or TSS per pair, "
+             "with 95% bootstrap intervals (arXiv 2504.19561 finds ESS per pair the better "
+             "predictor). Within each suite: all mixers, those of fixed state (recurrences, "
+             "attention windowed below the length), those of growing state (a KV cache), then "
+             "each architecture (over its widths and learning rates).", ""]
+            + _table(["suite", "mixers", "points", "ESS / kv Spearman", "TSS / kv Spearman",
+                      "higher", "ESS / kv Pearson (log)", "TSS / kv Pearson (log)"], lines))
+
+
+def _performance(board: Board) -> list[str]:
+    perf = performance(board.rows)
+    if not perf:
+        return []
+    return (["### Throughput by machine", "",
+             "Training tokens per second and wall seconds per run (data, training, validation "
+             "and test), mean over a row's completed runs, by the machine that ran them. Both "
+             "depend on what else the machine was running (the sweeps run two jobs at a "
+             "time): compare within one machine and one sweep only.", ""]
+            + _table(["machine", "suite", "task", "architecture", "d", "runs", "tokens/s",
+                      "wall s"],
+                     [[m, r.suite or "–", r.task, r.label, str(r.width or "–"), str(n),
+                       f"{tps:,.0f}", f"{wall:,.0f}"] for m, r, n, tps, wall in perf]))
+
+
+def render(board: Board, plots: Sequence[tuple[str, str]] = ()) -> str:
+    recs = board.records
+    n = len(recs.counted)
+    head = [f"# Leaderboard", "",
+            f"Built by `python -m zoo.leaderboard` from the {n} run records in "
+            f"`{board.source}/` ({len(recs.problems)} files skipped, "
+            f"{len(recs.duplicate_of)} duplicates ignored: listed at the end); do not edit by "
+            f"hand. How to read it: {README}.", ""]
+    figure = next((path for title, path in plots if path.endswith("recall_vs_state_size.png")),
+                  None)
+    lines = head + headline(board, figure) + matrix_section(board) + suite_sections(board)
+    lines += ["## Details", ""] + _length_tables(board) + _study_table(board) \
+        + _performance(board)
+    if plots:
+        lines += ["### Plots", ""] + [f"- [{t}]({p})" for t, p in plots] + [""]
+    if recs.problems:
+        lines += ["### Skipped files", ""] + [f"- {p}" for p in recs.problems] + [""]
+    if recs.duplicate_of:
+        lines += ["### Duplicates ignored", "",
+                  "Records of a row, hyper-parameters and seed already counted:", ""]
+        lines += [f"- {d} (counted: {k})" for d, k in sorted(recs.duplicate_of.items())] + [""]
+    return "\n".join(lines)
