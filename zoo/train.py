@@ -151,21 +151,44 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(threads)
     torch.set_float32_matmul_precision("high")
-    task_name, _, _ = split_task_config(cfg_dict["task"])
+    task_name, knobs, _ = split_task_config(cfg_dict["task"])
+    selection = _select_lr(cfg_dict, knobs) if cfg_dict.get("lr_from") else None
     key = config_key(cfg_dict)
     keyed_dir = Path(cfg.checkpoint_dir) / task_name / cfg.layer.name / key
     if not _is_rank_zero():  # rank 0 holds the lock for the whole data-parallel run
-        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks)
+        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection)
     try:
         with exclusive(keyed_dir / "lock") as holder:
-            return _locked(cfg, cfg_dict, key, keyed_dir, holder, started, sha, callbacks)
+            return _locked(cfg, cfg_dict, key, keyed_dir, holder, started, sha, callbacks,
+                           selection)
     finally:
         prune_empty(keyed_dir, Path(cfg.checkpoint_dir))
 
 
+def _select_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2 of a two-stage sweep: set ``optim.lr`` to the rate stage ``lr_from`` chose on
+    validation for this config (``zoo.two_stage``); returns the evidence for the record."""
+    import tasks
+
+    from .two_stage import select_lr
+
+    es = cfg_dict["early_stopping"]
+    task = tasks.build(cfg_dict["task"]["name"], **knobs)
+    metric, mode = ((es["monitor"].split("/", 1)[1], es["mode"]) if es["monitor"]
+                    else task.monitor)
+    try:
+        lr, evidence = select_lr(cfg_dict, cfg_dict["results_dir"], cfg_dict["lr_from"],
+                                 metric, mode)
+    except LookupError as e:
+        raise ConfigError("lr_from", cfg_dict["lr_from"], str(e)) from None
+    cfg_dict["optim"]["lr"] = lr
+    log.info("learning rate %g, selected on stage %s's validation", lr, cfg_dict["lr_from"])
+    return evidence
+
+
 def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
-            holder: str | None, started: float, sha: str | None,
-            callbacks: Sequence[Any]) -> dict[str, Any]:
+            holder: str | None, started: float, sha: str | None, callbacks: Sequence[Any],
+            selection: dict[str, Any] | None) -> dict[str, Any]:
     """The part of ``run`` under the config's lock (``holder`` names another owner)."""
     task_name = cfg_dict["task"]["name"]
     if holder is not None:
@@ -177,11 +200,12 @@ def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path
             log.info("skipping: this config finished as run %s (%s)", done["run_id"],
                      done["status"])
             return done
-    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks)
+    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection)
 
 
 def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
-           started: float, sha: str | None, callbacks: Sequence[Any]) -> dict[str, Any]:
+           started: float, sha: str | None, callbacks: Sequence[Any],
+           selection: dict[str, Any] | None = None) -> dict[str, Any]:
     import lightning as L
 
     import tasks
@@ -248,6 +272,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
         "config": cfg_dict,
         "config_key": key,
         "resumed_from_step": resumed_step,
+        "lr_selection": selection,
         "seed": cfg.seed,
         "params": module.model.num_params(),
         "params_non_embedding": module.model.num_params(non_embedding=True),

@@ -174,9 +174,10 @@ def _check_run(cfg: dict[str, Any]) -> None:
     for knob in ("results_dir", "checkpoint_dir", "out_dir"):
         if knob in cfg:
             check_dir(cfg, knob)
-    suite = cfg.get("suite")
-    if suite is not None and (not isinstance(suite, str) or not suite):
-        raise ConfigError("suite", suite, "must be a name or null")
+    for knob in ("suite", "lr_from"):
+        name = cfg.get(knob)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError(knob, name, "must be a suite name or null")
 
 
 def _check_optim(cfg: dict[str, Any]) -> None:

@@ -262,3 +262,32 @@ def test_two_runs_started_together_get_two_run_directories(tmp_path):
         lines = (d / "logs" / "metrics.csv").read_text().splitlines()
         assert len(lines) > 1 and lines.count(lines[0]) == 1  # one run's log, not two
     assert len(records(tmp_path / "runs")) == 2
+
+
+def test_stage_two_trains_at_the_rate_stage_one_chose(make_cfg, tmp_path):
+    stage1 = [run(make_cfg("suite=s1", f"optim.lr={lr}")) for lr in (1e-4, 3e-3)]
+    best = max(stage1, key=lambda r: max(v for _, v in r["val_curve"]))
+    rec = run(make_cfg("suite=s2", "lr_from=s1", "seed=1", "trainer.max_steps=12"))
+    assert rec["config"]["optim"]["lr"] == rec["lr_selection"]["selected"]
+    assert set(rec["lr_selection"]["rates"]) == {"0.0001", "0.003"}
+    scores = {lr: v["mean_best"] for lr, v in rec["lr_selection"]["rates"].items()}
+    assert scores[str(rec["config"]["optim"]["lr"])] == max(scores.values())
+    assert best["config"]["optim"]["lr"] in (1e-4, 3e-3)
+
+
+@pytest.mark.parametrize("stage", ["lr", "final"])
+def test_frontier_stages_compose_for_every_form(stage):
+    forms = [f"layer={n}" for n in layers.names() if n != "swa"] + [
+        f"arch={p.stem}" for p in sorted((CONFIGS / "arch").glob("*.yaml"))]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for form in forms:
+            cfg = compose("train", overrides=[f"experiment=frontier/{stage}", form,
+                                              "model.d_model=32"], return_hydra_config=True)
+            assert cfg.task.name == "state_size" and list(cfg.task.kv_pairs) == [4, 8, 16]
+            assert cfg.task.fresh and cfg.task.vocab_size == 8192 and cfg.results_dir == "results"
+            params = cfg.hydra.sweeper.params
+            if stage == "lr":
+                assert cfg.suite == "frontier-lr" and params["optim.lr"] == "3e-4,1e-3,3e-3,1e-2"
+            else:
+                assert cfg.suite == "frontier" and cfg.lr_from == "frontier-lr"
+                assert params["seed"] == "0,1,2"

@@ -1,0 +1,64 @@
+"""Two-stage sweeps: stage 2 takes the learning rate stage 1 chose on validation."""
+
+import copy
+import json
+
+import pytest
+
+from zoo.record import write_record
+from zoo.two_stage import select_lr, stage_key
+
+BASE = {"task": {"name": "state_size", "seq_len": 64}, "model": {"d_model": 64},
+        "layer": {"name": "gla"}, "optim": {"lr": 1e-3, "weight_decay": 0.1}, "seed": 0,
+        "trainer": {"max_steps": 1000}, "early_stopping": {"patience": 5}, "suite": "s1"}
+
+
+def _record(tmp_path, n, lr, curve, seed=0, status="completed", **changes):
+    cfg = copy.deepcopy(BASE)
+    cfg["optim"]["lr"], cfg["seed"] = lr, seed
+    for k, v in changes.items():
+        cfg[k] = v
+    rec = {"schema_version": 1, "run_id": f"r{n}", "status": status, "time": "", "task":
+           "state_size", "layer": "gla", "config": cfg, "seed": seed, "metrics": {},
+           "val_curve": curve, "steps": curve[-1][0] if curve else 0}
+    write_record(tmp_path, rec)
+
+
+def test_stage_key_ignores_only_what_a_stage_sets():
+    other = copy.deepcopy(BASE)
+    other["optim"]["lr"], other["seed"], other["trainer"] = 1e-2, 2, {"max_steps": 5000}
+    other["suite"], other["lr_from"] = "s2", "s1"
+    assert stage_key(other) == stage_key(BASE)
+    wider = copy.deepcopy(BASE)
+    wider["model"]["d_model"] = 128
+    decayed = copy.deepcopy(BASE)
+    decayed["optim"]["weight_decay"] = 0.0
+    assert len({stage_key(BASE), stage_key(wider), stage_key(decayed)}) == 3
+
+
+def test_selects_the_best_validation_rate_and_breaks_ties_by_speed(tmp_path):
+    _record(tmp_path, 1, 1e-3, [[100, 0.2], [200, 0.5]])
+    _record(tmp_path, 2, 3e-3, [[100, 0.6], [200, 0.995]])
+    _record(tmp_path, 3, 1e-2, [[100, 0.995], [200, 0.3]])  # best 0.995, reached sooner
+    _record(tmp_path, 4, 3e-4, [[100, 1.0]], status="failed")  # failed runs never count
+    _record(tmp_path, 5, 3e-4, [[100, 1.0]], model={"d_model": 32})  # another config
+    _record(tmp_path, 6, 3e-4, [[100, 1.0]], suite="other")  # another suite
+    lr, evidence = select_lr(BASE, tmp_path, "s1", "acc", "max")
+    assert lr == 1e-2 and evidence["selected"] == 1e-2
+    assert sorted(evidence["rates"]) == ["0.001", "0.003", "0.01"]
+    assert evidence["rates"]["0.01"] == {"mean_best": 0.995, "mean_step_of_best": 100,
+                                         "runs": ["r3"]}
+    json.dumps(evidence)  # goes into the record as it is
+
+
+def test_mean_over_seeds_and_min_mode(tmp_path):
+    _record(tmp_path, 1, 1e-3, [[100, 2.0]], seed=0)
+    _record(tmp_path, 2, 1e-3, [[100, 4.0]], seed=1)  # mean 3.0
+    _record(tmp_path, 3, 3e-3, [[100, 2.5]])
+    assert select_lr(BASE, tmp_path, "s1", "loss", "min")[0] == 3e-3
+    assert select_lr(BASE, tmp_path, "s1", "loss", "max")[0] == 1e-3
+
+
+def test_no_stage_one_runs_is_a_lookup_error(tmp_path):
+    with pytest.raises(LookupError, match="suite 's1'"):
+        select_lr(BASE, tmp_path, "s1", "acc", "max")
