@@ -19,10 +19,11 @@ label, the leaderboard's row and hyper-parameter keys, a task setting in words.
 - A hybrid is named by its pattern: the repeating block of the layer sequence (``pattern``
   cycled over ``n_layers``) as mixers and counts, ``gla:attention 3:1``; a block whose mixers
   do not each form one run is listed, ``[gla,attention,gla,mamba]``. Each mixer shows its own
-  options; a mixer other than ``layer`` takes them from ``model.mixer_options``, and where
-  those do not give every option of its defaults file the rest are the layer class's own
-  defaults (which may differ from the file): it then shows every option given, verbatim, and
-  ``defaults=class``.
+  options. A mixer other than ``layer`` takes them from ``model.mixer_options``, and an
+  option not given there is the layer class's own default, which may differ from the file:
+  it shows as ``key=class`` (``attention(window=class)``), and a mixer given no option at
+  all as ``attention(class)``. The channel mixer's options likewise.
+- A layer without a defaults file shows every option given.
 - Model options that differ from ``configs/model/default.yaml``: ``x<n_layers>``,
   ``ch=<channel>(<options that differ from its defaults>)``, any other as ``key=value``.
 
@@ -81,17 +82,22 @@ def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def _options(given: dict[str, Any], defaults: dict[str, Any] | None, complete: bool) -> list[str]:
-    """``key=value`` for the options that differ from ``defaults`` (every option given, and
-    ``defaults=class``, where the given ones are not ``complete``)."""
-    if defaults is None or not complete:
-        shown = [f"{k}={_fmt(v)}" for k, v in sorted(given.items())]
-        return shown + ([] if complete else ["defaults=class"])
-    return [f"{k}={_fmt(v)}" for k, v in sorted(given.items())
-            if k not in defaults or v != defaults[k]]
+def _options(given: dict[str, Any], defaults: dict[str, Any] | None,
+             filled: bool = True) -> list[str]:
+    """``key=value`` for the options that differ from ``defaults`` (all given, without).
+    Unless ``filled`` (the config holds the defaults file's values where it omits one), an
+    option of the file not given is the class's own: ``key=class``."""
+    if defaults is None:
+        return [f"{k}={_fmt(v)}" for k, v in sorted(given.items())]
+    shown = {k: _fmt(v) for k, v in given.items() if k not in defaults or v != defaults[k]}
+    if not filled:
+        shown.update({k: "class" for k in defaults if k not in given})
+    return [f"{k}={v}" for k, v in sorted(shown.items())]
 
 
 def _ssa_form(opts: dict[str, Any]) -> list[str]:
+    if "token_temp" not in opts and "value_temp" not in opts:
+        return []
     temps = ["pos"] + ["tok"] * bool(opts.pop("token_temp", False)) \
         + ["val"] * bool(opts.pop("value_temp", False))
     return ["+".join(temps)]
@@ -105,14 +111,18 @@ FORMS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 
 
 def _mixer(name: str, given: dict[str, Any], primary: bool) -> str:
+    """One mixer's words; ``primary``: the config's ``layer``, which Hydra fills from its
+    defaults file (an option a record lacks is newer than the record: the file's default)."""
     defaults = layer_defaults(name)
-    complete = primary or (defaults is not None and set(defaults) <= set(given))
-    if not complete or defaults is None:
-        shown, conv = _options(given, defaults, complete), 0
-    else:
-        opts = {**defaults, **given}
-        conv = opts.pop("short_conv", 0) or 0
-        shown = FORMS.get(name, lambda o: [])(opts) + _options(opts, defaults, True)
+    if not primary and not given and defaults:
+        return f"{name}(class)"
+    opts = {**(defaults or {}), **given} if primary else dict(given)
+    conv = opts.pop("short_conv", 0) or 0
+    shown = FORMS.get(name, lambda o: [])(opts)
+    # what +conv and the forms showed is compared no further
+    compared = None if defaults is None else {k: v for k, v in defaults.items()
+                                              if k in opts or k not in given}
+    shown += _options(opts, compared, primary)
     return name + (f"({','.join(shown)})" if shown else "") + (f"+conv{conv}" if conv else "")
 
 
@@ -159,7 +169,7 @@ def label(config: dict[str, Any]) -> str:
     channel = model.get("channel", mdef.get("channel"))
     given = dict(model.get("channel_options") or {})
     cdef = channel_defaults(channel) if isinstance(channel, str) else None
-    ch_opts = _options(given, cdef, cdef is None or set(cdef) <= set(given))
+    ch_opts = ["class"] if cdef and not given else _options(given, cdef, filled=False)
     if channel != mdef.get("channel") or ch_opts:
         words.append(f"ch={channel}" + (f"({','.join(ch_opts)})" if ch_opts else ""))
     words += [f"{k}={_fmt(v)}" for k, v in sorted(model.items())

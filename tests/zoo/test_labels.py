@@ -33,14 +33,22 @@ def test_hybrids_are_named_by_their_pattern_and_depth():
     assert "attention(num_heads=2)" in label(cfg)
 
 
-def test_a_mixer_built_with_its_class_defaults_says_so():
+def test_options_left_to_the_class_say_so():
     """Options of a pattern entry not given in model.mixer_options are the layer class's own
-    defaults, which the defaults file does not describe: the label shows what was given."""
+    defaults, which the defaults file does not describe: the label names them."""
     bare = config(layer="phalanx", pattern=["phalanx", "attention"])
-    assert label(bare) == "phalanx:attention(defaults=class) 1:1"
+    assert label(bare) == "phalanx:attention(class) 1:1"
     partial = config(layer="phalanx", pattern=["phalanx", "attention"],
-                     mixer_options={"attention": {"num_heads": 1}})
-    assert label(partial) == "phalanx:attention(num_heads=1,defaults=class) 1:1"
+                     mixer_options={"attention": {"num_heads": 1, "pos": "rope"}})
+    assert label(partial) == "phalanx:attention(window=class) 1:1"
+    partial["model"]["mixer_options"]["attention"]["num_heads"] = 4
+    assert label(partial) == "phalanx:attention(num_heads=4,window=class) 1:1"
+    ssa = config(layer="gla", pattern=["gla", "ssa"], mixer_options={"ssa": {"token_temp": True}})
+    assert label(ssa) == ("gla:ssa(pos+tok,num_heads=class,pos=class,temp_lr=class,"
+                          "temp_weights=class,value_temp=class,window=class) 1:1")
+    assert label(config(channel="moe")) == "attention ch=moe(class)"
+    assert label(config(channel="moe", channel_options={"top_k": 1})).startswith(
+        "attention ch=moe(active_hidden=class,")
 
 
 def _changed(value):
