@@ -116,7 +116,7 @@ class MixtureOfExperts(ChannelMixer):
             self._aux["moe_z"] = self.z_coef * torch.logsumexp(logits, -1).square().mean()
         self._stats = {"moe_dropped_fraction": dropped / max(int(counts.sum()), 1),
                        "moe_max_load": float(f.max() * E),  # 1.0 = perfectly balanced
-                       "moe_balance_loss": float(self._aux["moe_balance"])}
+                       "moe_balance_loss": float(self._aux["moe_balance"].detach())}
         # tokens per expert, as fractions of the routed (token, slot) pairs
         self._stats.update({f"moe_load_e{e}": float(f[e]) for e in range(E)})
 

@@ -242,6 +242,9 @@ def load_texts(files: list[Path], sample_by: str, cache_dir: Path) -> list[str]:
     its arrow cache in ``cache_dir``."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read before datasets is imported
     import datasets
+    # local files: no "Downloading data" bars or info lines for a read from disk
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
     ds = datasets.load_dataset("text", data_files=[str(f) for f in files], split="train",
                                sample_by=sample_by, keep_linebreaks=True,
                                encoding_errors="replace", cache_dir=str(cache_dir))
