@@ -66,9 +66,10 @@ def _corr(c: dict[str, Any] | None, measure: str, stat: str = "spearman") -> str
 
 
 def _choices(row: Row) -> str:
-    """The values selection chose for what varied among the row's runs (``lr=0.003``)."""
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_num(row.hp.get(k))}"
-                     for k in swept([row])) or "–"
+    """The learning rate of the selected runs, and the values selection chose for anything
+    else that varied among the row's runs (``lr=0.003``)."""
+    keys = ["optim.lr"] * ("optim.lr" in row.hp) + [k for k in swept([row]) if k != "optim.lr"]
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_num(row.hp.get(k))}" for k in keys) or "–"
 
 
 def _suite_note(rows: list[Row]) -> str:
