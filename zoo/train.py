@@ -34,6 +34,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import split_task_config
+from .labels import label
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
 from .validate import ConfigError, check
@@ -276,6 +277,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
         "git_sha": sha,
         "task": task_name,
         "layer": layer_name,
+        "label": label(cfg_dict),
         "config": cfg_dict,
         "config_key": key,
         "resumed_from_step": resumed_step,
