@@ -1,0 +1,53 @@
+"""The committed frontier records (suite `frontier`, issue 17) say how each run stopped, and no
+run stopped at its step cap while still improving: a row set by a too-short budget would be a
+defect of the leaderboard, not a finding."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zoo.labels import label
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+def _frontier(suite):
+    out = []
+    for p in sorted(RESULTS.rglob("*.json")):
+        rec = json.loads(p.read_text())
+        if isinstance(rec.get("config"), dict) and rec["config"].get("suite") == suite:
+            out.append((p, rec))
+    return out
+
+
+def still_improving(curve, tail=0.2, margin=0.01):
+    """Best validation value in the last ``tail`` of the steps more than ``margin`` above the
+    best before them (mode max)."""
+    last = curve[-1][0]
+    cut = last - tail * last
+    before = [v for s, v in curve if s <= cut and v is not None]
+    after = [v for s, v in curve if s > cut and v is not None]
+    return bool(before and after) and max(after) > max(before) + margin
+
+
+def test_still_improving_reads_the_curve():
+    flat = [[s, 0.5] for s in range(200, 5001, 200)]
+    assert not still_improving(flat)
+    rising = [[s, s / 5000] for s in range(200, 5001, 200)]
+    assert still_improving(rising)
+    assert not still_improving([[200, 0.1], [3800, 0.9], [5000, 0.905]])
+
+
+@pytest.mark.parametrize("suite", ["frontier", "frontier-lr"])
+def test_every_frontier_record_says_how_it_stopped(suite):
+    for path, rec in _frontier(suite):
+        assert rec["stop_reason"] in ("solved", "plateau", "max_steps", "non_finite"), path
+        assert rec["val_curve"] and rec["config"]["task"]["fresh"], path
+
+
+def test_no_frontier_run_stopped_at_max_steps_while_improving():
+    bad = [(str(p.relative_to(RESULTS)), label(rec["config"]), rec["config"]["model"]["d_model"])
+           for p, rec in _frontier("frontier")
+           if rec["stop_reason"] == "max_steps" and still_improving(rec["val_curve"])]
+    assert not bad, f"stopped at max_steps while improving: {bad}"
