@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .labels import describe_task, hp_key, label, row_key, width
+from omegaconf import OmegaConf
+
+from .labels import CONFIG_DIR, describe_task, hp_key, label, row_key, width
 from .record import REQUIRED, SCHEMA_VERSION
 
 STOPS = {"solved": "S", "plateau": "P", "max_steps": "M", "non_finite": "N"}
@@ -302,11 +304,24 @@ def by_setting(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
     return dict(sorted(out.items()))
 
 
+def selection_stages() -> set[str]:
+    """Suites that only choose another suite's learning rate: the first stage of a two-stage
+    sweep, named by a preset's ``lr_from`` (``configs/experiment``). Their rows are shown in
+    their own section, never as the headline or the matrix."""
+    stages = set()
+    for path in sorted((CONFIG_DIR / "experiment").rglob("*.yaml")):
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if isinstance(data, dict) and isinstance(data.get("lr_from"), str):
+            stages.add(data["lr_from"])
+    return stages
+
+
 def matrix_suite(rows: list[Row]) -> str | None:
     """The named suite that covers the most task settings (then rows, then name): the
     leaderboard's matrix."""
+    stages = selection_stages()
     counts = {s: (len(by_setting(rs)), len(rs)) for s, rs in by_suite(rows).items()
-              if s is not None and any(r.test for r in rs)}
+              if s is not None and s not in stages and any(r.test for r in rs)}
     return min(counts, key=lambda s: (-counts[s][0], -counts[s][1], s)) if counts else None
 
 
@@ -314,9 +329,10 @@ def recall_suite(rows: list[Row]) -> str | None:
     """The suite of the headline figure: ``frontier`` where it has results, else the named
     suite with the most rows tested on key-value slices (then the most widths, then name)."""
     counts: dict[str, tuple[int, int]] = {}
+    stages = selection_stages()
     for s, rs in by_suite(rows).items():
         sliced = [r for r in rs if r.variants("kv=")]
-        if s is not None and sliced:
+        if s is not None and s not in stages and sliced:
             counts[s] = (len(sliced), len({r.width for r in sliced}))
     if "frontier" in counts:
         return "frontier"

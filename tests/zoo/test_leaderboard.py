@@ -396,3 +396,19 @@ def test_committed_records_give_ess_in_floats():
                 check(sl["layers"], sl)
                 if sl.get("kv"):
                     assert sl["ess_per_kv"] == pytest.approx(sl["tolerance_ess"] / sl["kv"])
+
+
+def test_a_learning_rate_stage_is_never_the_headline_or_the_matrix(tmp_path):
+    """frontier/final takes its rate from suite frontier-lr (lr_from): that stage's many
+    short runs only choose a rate, so the headline and the matrix come from another suite."""
+    d = tmp_path / "results"
+    for r in frontier(suite="frontier-lr"):
+        write_record(d, r)
+    for r in frontier(seeds=1, lrs=(1e-3,), suite="older-study"):
+        write_record(d, r)
+    out = tmp_path / "leaderboard.md"
+    assert leaderboard.main(["--results", str(d), "--out", str(out)]) == 0
+    sections = [ln for ln in out.read_text().splitlines() if ln.startswith("## ")]
+    assert sections[:2] == ["## Recall against state size: suite `older-study`",
+                            "## At a glance: suite `older-study`"]
+    assert "## Suite `frontier-lr`" in sections
