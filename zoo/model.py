@@ -7,6 +7,10 @@
 ``pattern`` lists sequence-mixer names repeated over ``n_layers`` (``[gla, gla, attention]``
 makes a hybrid); each entry takes its options from ``mixer_options[name]``. The model knows no
 layer by name: everything layer-specific goes through the registry contract.
+
+``generate`` decodes through that contract too: one token at a time through every mixer's
+``init_state`` / ``step`` (attention's KV cache, a recurrence's state), so decoding costs one
+step per token and equals the full forward pass wherever ``step`` equals ``forward``.
 """
 
 from __future__ import annotations
@@ -88,6 +92,62 @@ class Backbone(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(tokens))
+
+    def _step(self, token: torch.Tensor, t: int, states: list[Any]) -> torch.Tensor:
+        """Logits ``[B, V]`` after the token ``[B]`` at position ``t``; ``states`` advance."""
+        h = self.embed(token)  # [B, D]
+        if self.pos is not None:
+            h = h + self.pos.weight[t]
+        for i, block in enumerate(self.blocks):
+            h, states[i] = block.step(h, states[i])
+        return self.head(self.norm(h))
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue each prompt of ``tokens [B, P]`` by ``max_new_tokens`` tokens; returns
+        ``[B, P + max_new_tokens]``. The prompt is read and the continuation written one token
+        at a time by each mixer's recurrent ``step``. ``temperature`` 0 decodes greedily
+        (argmax); above 0 it samples from ``softmax(logits / temperature)``, drawing from
+        ``generator`` (so a seeded generator repeats a sample)."""
+        if tokens.ndim != 2 or tokens.shape[1] < 1:
+            raise ValueError(f"generate: tokens must be [batch, prompt length >= 1], got "
+                             f"shape {tuple(tokens.shape)}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+                or max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens must be an int >= 0, got "
+                             f"{max_new_tokens!r}")
+        if not (isinstance(temperature, (int, float)) and temperature >= 0):
+            raise ValueError(f"generate: temperature must be a number >= 0 (0: greedy), got "
+                             f"{temperature!r}")
+        B, P = tokens.shape
+        total = P + max_new_tokens
+        if self.pos is not None and total - 1 > self.pos.num_embeddings:
+            raise ValueError(f"generate: {total - 1} positions exceed "
+                             f"max_positions={self.pos.num_embeddings}")
+        was_training = self.training
+        self.eval()
+        try:
+            dtype = self.embed.weight.dtype
+            states = [b.mixer.init_state(B, tokens.device, dtype) for b in self.blocks]
+            out = torch.empty(B, total, dtype=tokens.dtype, device=tokens.device)
+            out[:, :P] = tokens
+            # the last token needs no step: nothing is predicted after it
+            for t in range(total - 1):
+                logits = self._step(out[:, t], t, states)
+                if t >= P - 1:
+                    out[:, t + 1] = self._pick(logits, temperature, generator)
+            return out
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float,
+              generator: torch.Generator | None) -> torch.Tensor:
+        if temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)  # [B, V]
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
     def mixers(self) -> Iterator[nn.Module]:
         return (b.mixer for b in self.blocks)
