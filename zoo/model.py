@@ -15,6 +15,7 @@ step per token and equals the full forward pass wherever ``step`` equals ``forwa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -212,3 +213,31 @@ def model_kwargs(cfg: Any, vocab_size: int) -> dict[str, Any]:
     if name in pattern:
         mixer_options[name] = {**mixer_options.get(name, {}), **layer}
     return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}
+
+
+def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``Backbone`` weights in a checkpoint file: a Lightning checkpoint of ``ZooModule``
+    (its ``state_dict``, keys under ``model.``) or a bare ``Backbone.state_dict()``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = {k[len("model."):]: v for k, v in state["state_dict"].items()
+                 if k.startswith("model.")}
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError("holds no model weights (neither a zoo checkpoint nor a state_dict)")
+    return state
+
+
+def weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """Why ``weights`` cannot be loaded into ``model`` (the first differing name or shape), or
+    None when they fit exactly."""
+    own = model.state_dict()
+    for name in [*own, *(n for n in weights if n not in own)]:  # the model's order first
+        if name not in weights:
+            return f"it lacks {name}"
+        if name not in own:
+            return f"it has {name}, which this model does not"
+        if own[name].shape != weights[name].shape:
+            return (f"{name} is {list(weights[name].shape)} there and "
+                    f"{list(own[name].shape)} in this model")
+    return None

@@ -7,6 +7,13 @@ then the run takes a lock on its config key, so an identical run started alongsi
 instead of training twice; then it trains, tests the best checkpoint once, writes its record
 (strict JSON, atomically) and removes the checkpoints it was not asked to keep. A non-finite
 loss stops the run, which is recorded as failed.
+
+``ckpt_path=<file>`` starts from a checkpoint's weights (fine-tuning, another task or length
+with the same model): a fresh optimiser and schedule, one validation at step 0 (the curve opens
+with the starting weights' score on this run's data), then training as usual. It is part of
+the run's identity: the config key hashes the file's contents (sha256) in place of its path, so
+the same weights under another path are the same run and other weights under the same path
+another; the record's ``started_from`` gives the path and the hash.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import shutil
 import sys
@@ -150,7 +158,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """
     started, sha = time.time(), git_sha()  # the code as it was when the run began
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    if cfg_dict.get("ckpt_path") is None:  # a run from scratch keeps the config it always had
+        cfg_dict.pop("ckpt_path", None)
     check(cfg_dict)  # every knob, before any import of Lightning and before any work
+    start = _start_point(cfg_dict)
     _quiet()
 
     import torch
@@ -161,16 +172,35 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     torch.set_float32_matmul_precision("high")
     task_name, knobs, _ = split_task_config(cfg_dict["task"])
     selection = _select_lr(cfg_dict, knobs) if cfg_dict.get("lr_from") else None
-    key = config_key(cfg_dict)
+    key = config_key(identity(cfg_dict, start))
     keyed_dir = Path(cfg.checkpoint_dir) / task_name / cfg.layer.name / key
     if not _is_rank_zero():  # rank 0 holds the lock for the whole data-parallel run
-        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection)
+        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start)
     try:
         with exclusive(keyed_dir / "lock") as holder:
             return _locked(cfg, cfg_dict, key, keyed_dir, holder, started, sha, callbacks,
-                           selection)
+                           selection, start)
     finally:
         prune_empty(keyed_dir, Path(cfg.checkpoint_dir))
+
+
+def _start_point(cfg_dict: dict[str, Any]) -> dict[str, str] | None:
+    """The starting checkpoint (``ckpt_path``, made absolute in ``cfg_dict``) and its sha256."""
+    if cfg_dict.get("ckpt_path") is None:
+        return None
+    path = Path(cfg_dict["ckpt_path"]).expanduser().resolve()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    cfg_dict["ckpt_path"] = str(path)
+    return {"path": str(path), "sha256": digest.hexdigest()}
+
+
+def identity(cfg_dict: dict[str, Any], start: dict[str, str] | None) -> dict[str, Any]:
+    """What a run's config key hashes: its config, with a starting checkpoint named by its
+    contents rather than its path."""
+    return cfg_dict if start is None else {**cfg_dict, "ckpt_path": f"sha256:{start['sha256']}"}
 
 
 def _select_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +226,7 @@ def _select_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any
 
 def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
             holder: str | None, started: float, sha: str | None, callbacks: Sequence[Any],
-            selection: dict[str, Any] | None) -> dict[str, Any]:
+            selection: dict[str, Any] | None, start: dict[str, str] | None) -> dict[str, Any]:
     """The part of ``run`` under the config's lock (``holder`` names another owner)."""
     task_name = cfg_dict["task"]["name"]
     if holder is not None:
@@ -208,19 +238,20 @@ def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path
             log.info("skipping: this config finished as run %s (%s)", done["run_id"],
                      done["status"])
             return done
-    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection)
+    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start)
 
 
 def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
            started: float, sha: str | None, callbacks: Sequence[Any],
-           selection: dict[str, Any] | None = None) -> dict[str, Any]:
+           selection: dict[str, Any] | None = None,
+           start: dict[str, str] | None = None) -> dict[str, Any]:
     import lightning as L
 
     import tasks
 
     from .data import TaskDataModule
     from .ess import ess_summary, slice_summaries
-    from .model import model_kwargs
+    from .model import checkpoint_weights, model_kwargs
     from .module import ZooModule
 
     layer_name = cfg.layer.name
@@ -242,6 +273,9 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names, metrics=task.metrics)
     module.wall_started = started
+    start_weights = start is not None and not resume_from  # a resume has its own weights
+    if start_weights:
+        module.model.load_state_dict(checkpoint_weights(start["path"]))
     cbs, ckpt = _callbacks(cfg, es, ckpt_dir)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(**cfg_dict["trainer"], callbacks=[*cbs, *callbacks], logger=logger,
@@ -249,6 +283,9 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     dm.check_world_size(trainer.world_size)
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, resumed_step)
+    if start_weights:
+        log.info("starting from the weights of %s", start["path"])
+        trainer.validate(module, datamodule=dm, verbose=False)  # the curve's step 0
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
 
     status = "failed" if module.failure else "completed"
@@ -281,6 +318,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
         "config": cfg_dict,
         "config_key": key,
         "resumed_from_step": resumed_step,
+        "started_from": start,
         "lr_selection": selection,
         "seed": cfg.seed,
         "params": module.model.num_params(),

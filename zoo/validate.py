@@ -178,6 +178,14 @@ def _check_run(cfg: dict[str, Any]) -> None:
         name = cfg.get(knob)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(knob, name, "must be a suite name or null")
+    path = cfg.get("ckpt_path")
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            raise ConfigError("ckpt_path", path, "must be a checkpoint file or null")
+        where = Path(path).expanduser()
+        if not where.is_file():
+            raise ConfigError("ckpt_path", path, "is a directory, not a checkpoint file"
+                              if where.exists() else "no such checkpoint file")
 
 
 def _check_optim(cfg: dict[str, Any]) -> None:
@@ -301,7 +309,25 @@ def _check_model(cfg: dict[str, Any], task: tasks.Task) -> None:
             raise ConfigError("model.max_positions", max_pos,
                               f"must be >= the longest sequence the run tests on ({longest}, "
                               f"from task.seq_len and task.eval_lengths)")
-    _owned("model", lambda: Backbone(**model_kwargs(cfg, task.vocab_size)))
+    model = _owned("model", lambda: Backbone(**model_kwargs(cfg, task.vocab_size)))
+    _check_start(cfg, model)
+
+
+def _check_start(cfg: dict[str, Any], model: Any) -> None:
+    """A starting checkpoint (``ckpt_path``) holds weights of exactly this model."""
+    from .model import checkpoint_weights, weights_mismatch
+
+    path = cfg.get("ckpt_path")
+    if path is None:
+        return
+    try:
+        weights = checkpoint_weights(Path(path).expanduser())
+    except Exception as e:  # noqa: BLE001 - whatever the file is, it cannot start this run
+        raise ConfigError("ckpt_path", path, f"cannot be read as a checkpoint ({e})") from None
+    why = weights_mismatch(model, weights)
+    if why:
+        raise ConfigError("ckpt_path", path, f"does not fit this model: {why} (the model "
+                          f"options must be the checkpoint's; the task may differ)")
 
 
 def _check_early_stopping(cfg: dict[str, Any], task: tasks.Task) -> None:
