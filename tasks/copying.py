@@ -21,6 +21,17 @@ included); everything else is ``IGNORE``:
 So accuracy is teacher-forced (one forward pass, argmax at each answer position): token
 accuracy is character accuracy; exact match is string accuracy when a row holds one example.
 
+Scoring. ``acc`` and ``exact_match`` score every supervised position, EOS included (``L + 1``
+per copy). The reference's evaluation code (github.com/sjelassi/transformers_ssm_copy,
+``synthetic_exps/test_utils.py``) scores the ``L`` string symbols only: its ``char_acc`` and
+``str_acc`` are our ``string_acc`` and ``string_exact_match`` (the ``string`` subset below:
+supervised positions whose target is not EOS; for ``lookup``, the answer's symbols). Both are
+reported. An unpacked row is one example whose answer continues its prompt, so it is also
+scored free-running (``generative``): the model reads the prompt (up to the first supervised
+position), writes the answer greedily from its own outputs, and ``gen_exact_match`` (the
+string and its EOS generated right: what "copies the string" means), ``gen_acc``,
+``gen_string_acc`` and ``gen_string_exact_match`` score what it wrote (``zoo.module``).
+
 Training packs (``packed=True``): each row starts with a fresh example and is filled with
 examples back to back; the one that does not fit is cut at the row's end and carries no
 targets, as in the paper's code. ``seq_len`` must hold the longest example, so every row holds
@@ -41,6 +52,7 @@ writing the two int64 outputs (352 MB) and a fifth drawing the symbols.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 
@@ -61,6 +73,21 @@ class Copying(Task):
     variant: str = "copy"
     ngram_len: int = 3
     answer_len: int = 2
+
+    metrics: ClassVar[tuple[str, ...]] = ("acc", "exact_match", "loss", "string_acc",
+                                          "string_exact_match")
+
+    @property
+    def generative(self) -> bool:
+        """Whether a row is one example whose answer can be generated from its prompt: a
+        packed row's later examples start after an answer, not at a prompt."""
+        return not self.packed
+
+    def subsets(self, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Supervised positions also scored on their own (``<name>_acc``,
+        ``<name>_exact_match``): ``string``, every answer symbol but EOS, as the reference
+        scores."""
+        return {"string": targets != self.eos}
 
     @property
     def alphabet(self) -> int:

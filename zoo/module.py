@@ -1,5 +1,17 @@
 """The LightningModule: loss on supervised positions only, AdamW with per-parameter groups,
 linear warmup then cosine decay (stepped every optimiser step), micro-averaged metrics.
+
+Two optional task hooks shape the scoring, asked of the task that made a split's batches (the
+datamodule's ``task`` for validation, ``eval_tasks[name]`` for each test set), so the model
+needs no task-specific branch (tasks/copying.py has both):
+
+- ``subsets(targets) -> {name: mask}``: supervised positions also scored on their own, as
+  ``<name>_acc`` and ``<name>_exact_match``;
+- ``generative`` (true): each row is one example whose supervised positions are one answer
+  continuing its prompt. The test pass then also scores the model free-running: it reads the
+  row up to the first supervised position, writes as many tokens as the answer has by greedy
+  ``Backbone.generate``, and those are scored as ``gen_acc``, ``gen_exact_match`` and
+  ``gen_<subset>_...``, beside the teacher-forced figures.
 """
 
 from __future__ import annotations
@@ -16,7 +28,8 @@ import tasks
 from .model import Backbone, param_groups
 
 
-# Summed over batches (and DDP ranks) before any metric is computed: micro averages.
+# Summed over batches (and DDP ranks) before any metric is computed: micro averages. Subsets
+# and free-running generation count the same under their prefix (``string_correct``, ...).
 COUNTS = ("correct", "total", "exact", "examples", "nll")
 
 
@@ -93,22 +106,61 @@ class ZooModule(L.LightningModule):
         """Training tokens per second (optimiser steps included, evaluation excluded)."""
         return self._train_tokens / self._train_seconds if self._train_seconds else 0.0
 
-    def _accumulate(self, key: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _task(self, dataloader_idx: int | None = None) -> Any:
+        """The task that made the batches of validation (None) or of a test set."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dataloader_idx is None:
+            return getattr(dm, "task", None)
+        return (getattr(dm, "eval_tasks", None) or {}).get(self.eval_names[dataloader_idx])
+
+    def _accumulate(self, key: str, batch: tuple[torch.Tensor, torch.Tensor],
+                    task: Any = None, free_running: bool = False) -> None:
         loss, logits, y = self._forward(batch)
-        preds = tasks.predictions_at(y, logits.argmax(-1))
-        c = tasks.accuracy_counts(preds, y)
+        c = _scored(tasks.predictions_at(y, logits.argmax(-1)), y, task)
         c["nll"] = float(loss) * c["total"]  # summed, so the mean is over every token
-        row = torch.tensor([c[k] for k in COUNTS], dtype=torch.float64)
-        self._counts[key] = self._counts[key] + row if key in self._counts else row
+        if free_running and getattr(task, "generative", False):
+            c.update(_scored(self._generated(*batch), y, task, "gen_"))
+        self._add(key, c)
+
+    def _add(self, key: str, counts: dict[str, float]) -> None:
+        acc = self._counts.setdefault(key, {})
+        for k, v in counts.items():
+            acc[k] = acc.get(k, 0.0) + v
+
+    def _generated(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Free-running greedy predictions ``[N, T]`` at the supervised positions (IGNORE
+        elsewhere): each row's answer generated from the tokens before it, rows grouped by
+        where their answer starts and how long it is."""
+        sel = y != tasks.IGNORE
+        size = sel.sum(1)
+        first = sel.long().argmax(1)  # the first supervised position (0 where none)
+        preds = torch.full_like(y, tasks.IGNORE)
+        for p, a in torch.stack([first, size], 1)[size > 0].unique(dim=0).tolist():
+            rows = ((first == p) & (size == a)).nonzero()[:, 0]
+            if not sel[rows, p:p + a].all():
+                raise ValueError("a generative task's supervised positions must be one "
+                                 "contiguous answer per row")
+            out = self.model.generate(x[rows, :p + 1], a)  # [r, p + 1 + a]
+            preds[rows, p:p + a] = out[:, p + 1:].to(preds.dtype)
+        return preds
 
     def _finish(self, key: str) -> dict[str, float]:
-        row = self._counts.pop(key, torch.zeros(len(COUNTS), dtype=torch.float64)).to(self.device)
+        counts = self._counts.pop(key, None) or {k: 0.0 for k in COUNTS}
+        names = sorted(counts)  # the same on every rank: the same tasks made the batches
+        row = torch.tensor([counts[k] for k in names], dtype=torch.float64, device=self.device)
         row = self.trainer.strategy.reduce(row, reduce_op="sum")  # sums over DDP ranks
-        rates = tasks.rates(dict(zip(COUNTS, row.tolist())))
-        return {k: rates[k] for k in self.report}
+        summed = dict(zip(names, row.tolist()))
+        rates = tasks.rates({k: summed[k] for k in COUNTS})
+        out = {k: rates[k] for k in self.report if k in rates}
+        for prefix in sorted(k[:-len("correct")] for k in summed if k.endswith("correct")):
+            if prefix:
+                part = tasks.rates({k: summed[prefix + k] for k in COUNTS if k != "nll"})
+                out.update({prefix + k: v for k, v in part.items()})
+        return out
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._accumulate("val", batch)
+        # free-running generation is scored on the test sets only: validation stays one pass
+        self._accumulate("val", batch, self._task())
 
     def on_validation_epoch_end(self) -> None:
         out = self._finish("val")
@@ -141,7 +193,8 @@ class ZooModule(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
                   dataloader_idx: int = 0) -> None:
-        self._accumulate(f"test{dataloader_idx}", batch)
+        self._accumulate(f"test{dataloader_idx}", batch, self._task(dataloader_idx),
+                         free_running=True)
 
     def on_test_epoch_end(self) -> None:
         for i, name in enumerate(self.eval_names):
@@ -163,3 +216,16 @@ class ZooModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, warmup, total, o.get("min_lr_ratio", 0.0)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _scored(preds: torch.Tensor, y: torch.Tensor, task: Any,
+            prefix: str = "") -> dict[str, float]:
+    """Accuracy counts of ``preds`` against ``y``, and of each subset the task names
+    (``subsets``), keyed ``<prefix>[<subset>_]<count>``."""
+    out = {prefix + k: v for k, v in tasks.accuracy_counts(preds, y).items()}
+    subsets = getattr(task, "subsets", None)
+    for name, keep in (subsets(y) if subsets is not None else {}).items():
+        part = torch.where(keep, y, tasks.IGNORE)
+        counts = tasks.accuracy_counts(preds, part)
+        out.update({f"{prefix}{name}_{k}": v for k, v in counts.items()})
+    return out
