@@ -4,11 +4,13 @@
     python -m zoo.ess --fresh --layer gla --d-model 128 --n-layers 2 --seq-len 1024
     ... [--plot ess.png]   # PNG of ESS by position per layer (default: beside the run's outputs)
 
-A trained run is loaded from its record's ``best_checkpoint`` and measured on sequences of its
-task's test split; ``--fresh`` measures an initialised model on random tokens. For every mixer
-that is a linear operator (``supports("operator")``) the operator is materialised on that
-mixer's actual input (``block.norm1`` of the residual stream, captured by a hook) and
-``tasks.ess`` gives tolerance- and entropy-ESS at every position, head and sequence.
+A trained run is loaded from the checkpoint its record kept (``checkpoint.path``: runs trained
+with ``keep_checkpoint=true``; a run that kept none is named in a one-line error) and measured
+on sequences of its task's test split; ``--fresh`` measures an initialised model on random
+tokens. For every mixer that is a linear operator (``supports("operator")``) the operator is
+materialised on that mixer's actual input (``block.norm1`` of the residual stream, captured by
+a hook) and ``tasks.ess`` gives tolerance- and entropy-ESS at every position, head and
+sequence.
 
 Units. ESS counts a rank per head; TSS is ``mixer.state_size(T)`` in floats for the whole
 layer. A head's operator mixes ``mixer.operator_channels()`` value channels (``dv`` for
@@ -158,7 +160,7 @@ def slice_summaries(model: Backbone, variants: dict[str, tasks.Task], seed: int,
 
 def _find_record(results: str, run_id: str) -> dict[str, Any]:
     records, _ = load_records(results)
-    found = [r for r in records if r["run_id"] == run_id]
+    found = [r for r in records if r["run_id"] == run_id and r.get("kind") != "eval"]
     if not found:
         raise SystemExit(f"zoo.ess: no record with run_id {run_id!r} under {results}/")
     return found[0]
@@ -167,10 +169,12 @@ def _find_record(results: str, run_id: str) -> dict[str, Any]:
 def _load_run(record: dict[str, Any], n: int) -> tuple[Backbone, torch.Tensor]:
     from .module import ZooModule  # Lightning is only needed for trained runs
 
-    ckpt = record.get("best_checkpoint")
-    if not ckpt or not Path(ckpt).is_file():
-        raise SystemExit(f"zoo.ess: run {record['run_id']} has no checkpoint to load "
-                         f"(best_checkpoint={ckpt!r} is missing); re-run it or use --fresh")
+    from .eval import kept_checkpoint
+
+    try:
+        ckpt = kept_checkpoint(record)
+    except LookupError as e:
+        raise SystemExit(f"zoo.ess: {e}, or use --fresh") from None
     model = ZooModule.load_from_checkpoint(ckpt, map_location="cpu").model
     name, knobs, _ = split_task_config(record["config"]["task"])
     inputs, _ = tasks.make_split(tasks.build(name, **knobs), n, record["seed"], "test")
@@ -242,7 +246,9 @@ def default_plot_path(args: argparse.Namespace, record: dict[str, Any] | None) -
     """Beside the run's outputs (the directory holding ``checkpoints/``) for ``--run-id``;
     ``ess-fresh-<layer>-T<len>.png`` in the working directory for ``--fresh``."""
     if record is not None:
-        return Path(record["best_checkpoint"]).parent.parent / f"ess-{record['run_id']}.png"
+        from .eval import checkpoint_path
+
+        return Path(checkpoint_path(record)).parent.parent / f"ess-{record['run_id']}.png"
     return Path(f"ess-fresh-{args.layer}-T{args.seq_len}.png")
 
 

@@ -1,6 +1,7 @@
 """``leaderboard.md`` as text, from a ``zoo.selection.Board``: the headline figure and the
 ESS/TSS correlations beside it, the matrix, a section per suite with its budget, then the
-details (per-length tables, the whole ESS study, throughput per machine, skipped files).
+details (per-length and per-variant tables, the whole ESS study, throughput per machine,
+skipped files).
 
 Pure formatting: every number is computed in ``zoo.selection`` and ``zoo.ess_study``. Three
 decimals for accuracies, ``± std`` only over more than one seed, state sizes in bytes (fp32).
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 from .ess_study import FIXED, GROWING, verdict
 from .labels import train_length
-from .selection import Board, Row, by_setting, by_suite, performance, swept
+from .selection import Board, Row, by_setting, by_suite, performance, swept, variant_order
 
 SHORT = {"assoc_recall": "MQAR", "copying": "copy", "induction": "induction",
          "memorization": "memorize", "selective_copying": "sel. copy", "state_size": "kv slices",
@@ -192,6 +193,39 @@ def suite_sections(board: Board) -> list[str]:
     return lines
 
 
+def _slice_cell(row: Row, where: str, prefix: str = "") -> str:
+    return (f"{acc(row.stat(f'test/{prefix}acc@{where}'), False)} / "
+            f"{acc(row.stat(f'test/{prefix}exact_match@{where}'), False)}")
+
+
+def _slice_table(group: list[Row], names: list[str], header: list[str]) -> list[str]:
+    """Token accuracy / exact match per slice; a row that was also scored free-running (its
+    ``gen_`` metrics) is followed by a ``generated`` line."""
+    several = len({r.width for r in group}) > 1
+    lines = []
+    for r in sorted(group, key=lambda r: (r.label, r.width or 0)):
+        lines.append([r.label] + [str(r.width or "–")] * several
+                     + [_slice_cell(r, v) for v in names])
+        if any(r.stat(f"test/gen_acc@{v}") for v in names):
+            lines.append([f"{r.label}, generated"] + [str(r.width or "–")] * several
+                         + [_slice_cell(r, v, "gen_") for v in names])
+    return _table(["architecture"] + ["d"] * several + header, lines)
+
+
+def _title(suite: str | None, task: str, setting: str) -> str:
+    return f"Suite `{suite}`, {task}: {setting}" if suite else f"No suite, {task}: {setting}"
+
+
+LENGTHS_NOTE = ("Token accuracy / exact match (the whole example right) of the selected runs "
+                "at each evaluation length, mean over seeds, teacher-forced; a `generated` "
+                "line scores instead what the model wrote free-running (greedy, from the "
+                "prompt alone), where a task's rows are one prompt and its answer (copying).")
+VARIANTS_NOTE = ("The same for test sets other than lengths and key-value slices: a task's own "
+                 "variants (`ood`: induction at distances it never trained on) and the task "
+                 "settings `zoo.eval` tested a run on, named by the knobs it changed "
+                 "(`num_kv_pairs=8,len=128`).")
+
+
 def _length_tables(board: Board) -> list[str]:
     lines: list[str] = []
     for suite, rows in by_suite(board.rows).items():
@@ -203,19 +237,27 @@ def _length_tables(board: Board) -> list[str]:
                              key=lambda v: int(v[4:]))
             trained = train_length(group[0].cfg["task"])
             names = [v + (" (trained)" if v == f"len={trained}" else "") for v in lengths]
-            lines += [f"Suite `{suite}`, {task}: {setting}" if suite else
-                      f"No suite, {task}: {setting}", ""]
-            several = len({r.width for r in group}) > 1
-            lines += _table(["architecture"] + ["d"] * several + names, [
-                [r.label] + [str(r.width or "–")] * several
-                + [f"{acc(r.stat(f'test/acc@{v}'), False)} / "
-                   f"{acc(r.stat(f'test/exact_match@{v}'), False)}" for v in lengths]
-                for r in sorted(group, key=lambda r: (r.label, r.width or 0))])
+            lines += [_title(suite, task, setting), ""] + _slice_table(group, lengths, names)
     if not lines:
         return []
-    return ["### Test accuracy by evaluation length", "",
-            "Token accuracy / exact match (the whole example right) of the selected runs at "
-            "each evaluation length, mean over seeds.", ""] + lines
+    return ["### Test accuracy by evaluation length", "", LENGTHS_NOTE, ""] + lines
+
+
+def _variant_tables(board: Board) -> list[str]:
+    """Test sets other than lengths and key-value slices (those have their own columns): a
+    task's own variants (``ood``) and the task settings ``zoo.eval`` tested a run on
+    (``num_kv_pairs=8,len=128``)."""
+    lines: list[str] = []
+    for suite, rows in by_suite(board.rows).items():
+        for (task, setting), group in by_setting(rows).items():
+            names = sorted({v for r in group for v in r.variants("")
+                            if not v.startswith(("len=", "kv="))}, key=variant_order)
+            group = [r for r in group if any(r.stat(f"test/acc@{v}") for v in names)]
+            if group:
+                lines += [_title(suite, task, setting), ""] + _slice_table(group, names, names)
+    if not lines:
+        return []
+    return ["### Test accuracy by variant", "", VARIANTS_NOTE, ""] + lines
 
 
 def _study_table(board: Board) -> list[str]:
@@ -257,16 +299,17 @@ def _performance(board: Board) -> list[str]:
 def render(board: Board, plots: Sequence[tuple[str, str]] = ()) -> str:
     recs = board.records
     n = len(recs.counted)
+    evals = f" and {len(recs.evals)} eval records joined to them" if recs.evals else ""
     head = [f"# Leaderboard", "",
-            f"Built by `python -m zoo.leaderboard` from the {n} run records in "
+            f"Built by `python -m zoo.leaderboard` from the {n} run records{evals} in "
             f"`{board.source}/` ({len(recs.problems)} files skipped, "
             f"{len(recs.duplicate_of)} duplicates ignored: listed at the end); do not edit by "
             f"hand. How to read it: {README}.", ""]
     figure = next((path for title, path in plots if path.endswith("recall_vs_state_size.png")),
                   None)
     lines = head + headline(board, figure) + matrix_section(board) + suite_sections(board)
-    lines += ["## Details", ""] + _length_tables(board) + _study_table(board) \
-        + _performance(board)
+    lines += ["## Details", ""] + _length_tables(board) + _variant_tables(board) \
+        + _study_table(board) + _performance(board)
     if plots:
         lines += ["### Plots", ""] + [f"- [{t}]({p})" for t, p in plots] + [""]
     if recs.problems:

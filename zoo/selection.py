@@ -8,6 +8,13 @@ Counting: one record per row, hyper-parameters and seed (``labels.row_key``, ``h
 seed): a second record of the same (a file copied under another name, a run repeated) is
 reported as a duplicate and ignored.
 
+Joining: an eval record (``kind: eval``, ``zoo.eval``: a run tested again, on other lengths or
+another variant) adds its metrics to the run it names, so they show in that run's row: new
+lengths in the per-length table, new variants in the per-variant one, free-running ``gen_``
+figures beside the teacher-forced ones. A metric the run recorded itself keeps the run's value;
+between eval records of one run, the later one's. An eval record of a run that is not counted
+here is reported and skipped.
+
 Selection: a row is a task setting, architecture (label), width and suite. Within it the
 hyper-parameters with the best mean validation metric over seeds are chosen (ties to the
 smaller key: deterministic and blind to test); the row reports the test metrics of that
@@ -40,16 +47,37 @@ class Records:
     entries: list[tuple[str, dict[str, Any]]]
     problems: list[str]
     duplicate_of: dict[str, str]
+    evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # joined to a run
 
     @property
     def counted(self) -> list[dict[str, Any]]:
-        return [r for p, r in self.entries if p not in self.duplicate_of]
+        """The records counted, each with the metrics of its eval records joined."""
+        by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for _, ev in self.evals:
+            by_run[ev["evaluates"]["run_id"]].append(ev)
+        return [joined(r, by_run.get(r["run_id"], [])) for p, r in self.entries
+                if p not in self.duplicate_of]
 
     def of_suite(self, suite: str) -> Records:
-        """The records of one suite (the skipped files stay listed)."""
+        """The records of one suite and their eval records (the skipped files stay listed)."""
         keep = {p for p, r in self.entries if r["config"].get("suite") == suite}
+        runs = {r["run_id"] for p, r in self.entries if p in keep}
         return Records([e for e in self.entries if e[0] in keep], self.problems,
-                       {p: q for p, q in self.duplicate_of.items() if p in keep})
+                       {p: q for p, q in self.duplicate_of.items() if p in keep},
+                       [e for e in self.evals if e[1]["evaluates"]["run_id"] in runs])
+
+
+def joined(rec: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run record with the metrics of its eval records added (its own win; then the later
+    eval's) and their ids under ``evals``."""
+    if not evals:
+        return rec
+    evals = sorted(evals, key=lambda e: (str(e.get("time")), str(e["run_id"])))
+    metrics: dict[str, Any] = {}
+    for ev in evals:
+        metrics.update(ev["metrics"])
+    return {**rec, "metrics": {**metrics, **rec["metrics"]},
+            "evals": [ev["run_id"] for ev in evals]}
 
 
 def _number(v: Any) -> bool:
@@ -80,10 +108,22 @@ def problem(rec: Any) -> str | None:
     return None
 
 
+def eval_problem(rec: dict[str, Any]) -> str | None:
+    """Why an eval record cannot be joined to a run (None if it can)."""
+    if rec.get("schema_version") != SCHEMA_VERSION:
+        return f"schema_version {rec.get('schema_version')} is not {SCHEMA_VERSION}"
+    if not isinstance((rec.get("evaluates") or {}).get("run_id"), str):
+        return "eval record names no run (evaluates.run_id)"
+    if not isinstance(rec.get("metrics"), dict) or not all(
+            _number(v) for v in rec["metrics"].values()):
+        return "eval record's metrics are not a mapping of numbers"
+    return None
+
+
 def read(results_dir: str | Path) -> Records:
     """Every record under ``results_dir`` (by path), what was skipped, which are duplicates."""
     root = Path(results_dir)
-    entries, problems = [], []
+    entries, problems, evals = [], [], []
     for path in sorted(root.rglob("*.json")):
         rel = path.relative_to(root).as_posix()
         try:
@@ -91,12 +131,26 @@ def read(results_dir: str | Path) -> Records:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             problems.append(f"{rel}: unreadable ({type(e).__name__})")
             continue
-        why = problem(rec)
+        is_eval = isinstance(rec, dict) and rec.get("kind") == "eval"
+        why = eval_problem(rec) if is_eval else problem(rec)
         if why:
             problems.append(f"{rel}: {why}")
             continue
-        entries.append((rel, rec))
-    return Records(entries, problems, duplicates(entries))
+        (evals if is_eval else entries).append((rel, rec))
+    dup = duplicates(entries)
+    counted = {r["run_id"]: p for p, r in entries if p not in dup}
+    by_id = {r["run_id"]: p for p, r in entries}
+    joinable = []
+    for rel, ev in evals:
+        run = ev["evaluates"]["run_id"]
+        if run in counted:
+            joinable.append((rel, ev))
+        elif run in by_id:
+            problems.append(f"{rel}: evaluates run {run}, a duplicate ignored "
+                            f"(counted: {dup[by_id[run]]})")
+        else:
+            problems.append(f"{rel}: evaluates run {run}, which is not among these records")
+    return Records(entries, problems, dup, joinable)
 
 
 def identity(rec: dict[str, Any]) -> str:
