@@ -157,9 +157,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     that finished. Either way, a run whose identical config is running now skips.
     """
     started, sha = time.time(), git_sha()  # the code as it was when the run began
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    if cfg_dict.get("ckpt_path") is None:  # a run from scratch keeps the config it always had
-        cfg_dict.pop("ckpt_path", None)
+    cfg_dict = run_config(cfg)
     check(cfg_dict)  # every knob, before any import of Lightning and before any work
     start = _start_point(cfg_dict)
     _quiet()
@@ -182,6 +180,15 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
                            selection, start)
     finally:
         prune_empty(keyed_dir, Path(cfg.checkpoint_dir))
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config a run records and hashes into its key. A run from scratch leaves
+    ``ckpt_path`` out, so its config and key are what they were before that knob existed."""
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    if cfg_dict.get("ckpt_path") is None:
+        cfg_dict.pop("ckpt_path", None)
+    return cfg_dict
 
 
 def _start_point(cfg_dict: dict[str, Any]) -> dict[str, str] | None:

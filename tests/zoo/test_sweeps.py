@@ -12,11 +12,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
 
 import layers
 from zoo.record import config_key, find_finished
-from zoo.train import run
+from zoo.train import run, run_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PRESETS = sorted((CONFIGS / "experiment" / "leaderboard").glob("[!_]*.yaml"))
@@ -49,8 +48,7 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(make_cfg, tmp_path)
         run(cfg, callbacks=[CrashAt(6)])
     assert not records(tmp_path / "results"), "a killed run writes no record"
     last = list(ckpt.rglob("last.ckpt"))
-    assert len(last) == 1 and last[0].parent.name == config_key(
-        OmegaConf.to_container(cfg, resolve=True))
+    assert len(last) == 1 and last[0].parent.name == config_key(run_config(cfg))
 
     rec = run(cfg)  # the restart continues from the step-4 checkpoint
     assert rec["status"] == "completed" and rec["resumed_from_step"] == 4 and rec["steps"] == 8
@@ -66,7 +64,7 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(make_cfg, tmp_path)
 
 def test_unreadable_checkpoint_starts_afresh(make_cfg, tmp_path):
     cfg = make_cfg("resume=true", f"checkpoint_dir={tmp_path / 'ckpt'}")
-    key = config_key(OmegaConf.to_container(cfg, resolve=True))
+    key = config_key(run_config(cfg))
     bad = tmp_path / "ckpt" / "assoc_recall" / "attention" / key / "last.ckpt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"half a checkpoint")  # killed while writing
