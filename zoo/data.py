@@ -95,9 +95,8 @@ class TaskDataModule(L.LightningDataModule):
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.batch_size, self.fresh = batch_size, fresh
         self.eval_batch_size = eval_batch_size or 4 * batch_size
-        self.eval_lengths = list(eval_lengths or [task.length])
-        if task.length not in self.eval_lengths:
-            self.eval_lengths.insert(0, task.length)
+        # the trained length first, whatever the order given: it is the unsuffixed test/<m>
+        self.eval_lengths = [task.length, *(n for n in eval_lengths or [] if n != task.length)]
         # Validate every test variant now, before any generation or training. Names become
         # metric suffixes: test/acc@len=64, test/acc@ood; the training length comes first.
         self.eval_tasks = {f"len={L_}": task.at_length(L_) for L_ in self.eval_lengths}

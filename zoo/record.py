@@ -146,7 +146,8 @@ def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
 
 
 def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every valid record under ``results_dir``, and a note for each file that is not one."""
+    """Every valid training-run record under ``results_dir``, and a note for each file that is
+    not a record; eval records (``kind: eval``, written by ``zoo.eval``) are left out."""
     records, problems = [], []
     for path in sorted(Path(results_dir).rglob("*.json")):
         try:
@@ -159,6 +160,8 @@ def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[st
             continue
         if rec["schema_version"] != SCHEMA_VERSION:
             problems.append(f"{path}: schema_version {rec['schema_version']} is not {SCHEMA_VERSION}")
+            continue
+        if rec.get("kind") == "eval":
             continue
         records.append(rec)
     return records, problems

@@ -15,6 +15,12 @@ def test_copying_evaluates_at_string_lengths():
     assert widths == [43, 23, 83], "one string of exactly that length per row"
 
 
+def test_the_trained_length_comes_first_wherever_it_is_listed():
+    task = tasks.build("copying")  # trained at string length 20
+    dm = TaskDataModule(task, num_train=8, num_val=8, num_test=8, eval_lengths=[10, 20, 40])
+    assert dm.eval_lengths == [20, 10, 40] and dm.eval_names[0] == "len=20"
+
+
 def test_other_tasks_count_sequence_length():
     dm = TaskDataModule(tasks.build("induction"), num_train=8, num_val=8, num_test=8,
                         eval_lengths=[128])

@@ -16,7 +16,8 @@ def _frontier(suite):
     out = []
     for p in sorted(RESULTS.rglob("*.json")):
         rec = json.loads(p.read_text())
-        if isinstance(rec.get("config"), dict) and rec["config"].get("suite") == suite:
+        if (rec.get("kind") != "eval" and isinstance(rec.get("config"), dict)
+                and rec["config"].get("suite") == suite):
             out.append((p, rec))
     return out
 
