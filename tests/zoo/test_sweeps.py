@@ -289,3 +289,16 @@ def test_frontier_stages_compose_for_every_form(stage):
             else:
                 assert cfg.suite == "frontier" and cfg.lr_from == "frontier-lr"
                 assert params["seed"] == "0,1,2"
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_get_two_sweep_directories(tmp_path):
+    common = ["-m", "debug=tiny", "threads=1"]
+    procs = _launch_together(tmp_path, [*common, "seed=0,1", "hydra/launcher=joblib",
+                                        "hydra.launcher.n_jobs=2"], [*common, "seed=2,3"])
+    assert all(p.returncode == 0 for p in procs), [p.stderr[-2000:] for p in procs]
+    sweeps = sorted((tmp_path / "multirun").iterdir())
+    assert len(sweeps) == 2
+    for d in sweeps:  # the joblib workers wrote into their parent's sweep directory
+        assert sorted(p.name for p in d.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert len(records(tmp_path / "runs")) == 4
