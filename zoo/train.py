@@ -42,7 +42,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import split_task_config
-from .labels import label
+from .labels import label, layer_defaults
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
 from .validate import ConfigError, check
@@ -184,10 +184,26 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config a run records and hashes into its key. A run from scratch leaves
-    ``ckpt_path`` out, so its config and key are what they were before that knob existed."""
+    ``ckpt_path`` out, so its config and key are what they were before that knob existed.
+
+    A hybrid's mixers other than ``layer`` take their options from their own
+    ``configs/layer/<name>.yaml`` (what ``layer=<name>`` would give them), overridden by
+    ``model.mixer_options[<name>]``, and the record holds them all: ``[gla, attention]`` is the
+    zoo's gla and the zoo's attention, and the record says so."""
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     if cfg_dict.get("ckpt_path") is None:
         cfg_dict.pop("ckpt_path", None)
+    model, layer = cfg_dict.get("model"), cfg_dict.get("layer")
+    if isinstance(model, dict) and isinstance(layer, dict):
+        pattern = model.get("pattern") or []
+        pattern = [pattern] if isinstance(pattern, str) else pattern
+        given = model.get("mixer_options") or {}
+        for name in dict.fromkeys(p for p in pattern if p != layer.get("name")):
+            defaults = layer_defaults(name) if isinstance(name, str) else None
+            if defaults is not None:
+                given[name] = {**defaults, **(given.get(name) or {})}
+        if given:
+            model["mixer_options"] = given
     return cfg_dict
 
 

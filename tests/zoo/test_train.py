@@ -154,3 +154,15 @@ def test_every_test_slice_lands_in_the_record(make_cfg, tmp_path):
     slices = {f"test/{k}@{v}" for k in reported for v in ("len=64", "len=128", "ood")}
     assert set(m) == slices | {f"{s}/{k}" for s in ("val", "test") for k in reported}
     assert m["test/acc"] == m["test/acc@len=64"]
+
+
+def test_a_hybrids_other_mixers_take_their_layer_files_options(make_cfg):
+    """[gla, attention] with layer=attention: gla is configs/layer/gla.yaml's gla (not the
+    class defaults), mixer_options override it, and the record's config holds every option."""
+    from zoo.labels import label, layer_defaults
+    from zoo.train import run_config
+    cfg = run_config(make_cfg("model.pattern=[gla,attention]",
+                              "+model.mixer_options.gla.num_heads=2"))
+    gla = cfg["model"]["mixer_options"]["gla"]
+    assert gla == {**layer_defaults("gla"), "num_heads": 2}
+    assert label(cfg) == "gla(num_heads=2):attention 1:1"
