@@ -39,10 +39,14 @@ SUB_CHUNK = 16
 # A chunk whose total log decay stays above -FACTORISE_BELOW in every channel may use the
 # factorised scores (Q * b)(K / b)^T: then 1 / b <= exp(60), well inside fp32's exp(88).
 FACTORISE_BELOW = 60.0
-# selective_scan's default chunk: buffers of about 2^18 floats (1 MiB) keep a chunk's work in
-# cache (fastest on CPU); at least 4 steps, so the saved chunk-entry states stay <= 1/4 of all.
-SCAN_BUFFER = 2 ** 18
-MIN_SCAN_CHUNK = 4
+# selective_scan: each op works on about SCAN_BUFFER floats of state (a step's [B, N, Di], or
+# several small ones), so its operands stay in a core's L2 cache; ops over [4, 64, 16, 128]
+# (2 MiB) took 2.5x longer per element than over one step. The backward restarts from a state
+# kept every MIN_SCAN_CHUNK steps at least, so those stay <= 1/8 of all T states (at the
+# frontier's shape 8 was 5% faster than 4 and 2: fewer kept states to write, and the
+# backward's segment buffers still small).
+SCAN_BUFFER = 2 ** 17
+MIN_SCAN_CHUNK = 8
 # chunked_linear_attention runs sequences longer than this many tokens segment by segment,
 # carrying the state: each segment's [C, C] scores and temporaries stay cache-sized, which on
 # CPU keeps the time linear in T (at 16384 tokens, in one piece, it was 1.6x slower).
@@ -318,102 +322,133 @@ def causal_operator(q: torch.Tensor, k: torch.Tensor, log_g: torch.Tensor | None
     return chunked_linear_attention(q, k, eye, log_g, chunk_size=chunk_size)[0]
 
 
-def _selective_chunk(h0: torch.Tensor, delta: torch.Tensor, du: torch.Tensor, A_t: torch.Tensor,
-                     Bm: torch.Tensor, dA: torch.Tensor, H: torch.Tensor) -> None:
-    """One chunk of ``selective_scan`` (time-major, state ``[B, N, Di]``) from the state
-    ``h0``, into preallocated buffers ``dA[t] = exp(delta_t A)`` and ``H[t] = h_t``, both
-    ``[L, B, N, Di]``. The loop is one fused multiply-add a step on a contiguous state."""
-    torch.mul(delta[:, :, None, :], A_t, out=dA).exp_()
-    torch.mul(Bm[..., None], du[:, :, None, :], out=H)  # Delta_t u_t B_t  [L, B, N, Di]
-    h = h0
-    for dA_t, h_t in zip(dA.unbind(0), H.unbind(0)):
-        h = h_t.addcmul_(dA_t, h)
+def _scan_steps(slice_floats: int, chunk_size: int) -> int:
+    """How many steps ``_SelectiveScan`` processes per op: the largest divisor of
+    ``chunk_size`` whose state holds at most ``SCAN_BUFFER`` floats (one step at least)."""
+    bound = max(1, SCAN_BUFFER // slice_floats)
+    return max(L for L in range(1, min(chunk_size, bound) + 1) if chunk_size % L == 0)
 
 
 class _SelectiveScan(torch.autograd.Function):
     """``selective_scan`` on time-major tensors: u, delta ``[T, B, Di]``, A_t ``[N, Di]``
-    (A transposed), B, C ``[T, B, N]``, D ``[Di]`` -> y ``[T, B, Di]``.
+    (A transposed), B, C ``[T, B, N]``, D ``[Di]`` -> y ``[T, B, Di]``; ``chunk_size``: the
+    steps between kept states.
 
-    Forward keeps only the state entering each chunk; backward recomputes a chunk's states
-    from it, runs the adjoint recurrence ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}``
-    (``g_t = dL/dh_t``) backwards through the chunk, and reads every gradient off ``g`` and
-    the states with chunk-wide products (``S = g_t exp(delta_t A) h_{t-1}`` is the gradient of
-    ``delta_t A``). Memory: ``T / chunk`` states plus a few ``[chunk, B, N, Di]`` buffers.
+    The unit of work is a step's state ``[B, N, Di]`` (or ``L`` steps of it, ``L`` from
+    ``_scan_steps``): each op reads and writes a few such slices, so they stay in cache, and
+    no ``[T, B, N, Di]`` tensor is ever formed. Forward: ``h_t = exp(delta_t A) h_{t-1} +
+    B_t (delta_t u_t)`` in place, ``y_t = C_t . h_t``; it keeps the state entering every
+    ``chunk_size``-th step. Backward, segment by segment from the end: the segment's states
+    again from its kept state, then the adjoint ``g_t = C_t gy_t + p_{t+1}``,
+    ``p_t = exp(delta_t A) g_t`` (``g_t = dL/dh_t``), and from them per step
+    ``R_t = p_t h_{t-1}``, the gradient of the log decay ``delta_t A``:
+    ``dL/ddelta_t = sum_n A R_t + u_t sum_n B_t g_t``, ``dL/dA = sum_(t, b) delta_t R_t``.
+    Memory: ``T / chunk_size`` states plus a few segment-sized buffers. Every view the loops
+    use is made once, before them: at one step per op, indexing cost as much as the ops.
     """
 
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor,
                 Bm: torch.Tensor, Cm: torch.Tensor, D: torch.Tensor,
                 chunk_size: int) -> torch.Tensor:
-        (T, B, Di), N, L = u.shape, A_t.shape[0], min(chunk_size, u.shape[0])
+        (T, B, Di), N, K = u.shape, A_t.shape[0], chunk_size
+        L = _scan_steps(B * N * Di, K)
+        u, delta, Bm, Cm = (t.contiguous() for t in (u, delta, Bm, Cm))  # for the views
         du = delta * u
         y = torch.empty_like(u)
-        dA, H = u.new_empty(L, B, N, Di), u.new_empty(L, B, N, Di)
-        starts = u.new_empty(-(-T // L), B, N, Di)  # the state entering each chunk
-        starts[0].zero_()
-        chunks = zip(*(t.split(L) for t in (delta, du, Bm, Cm, y)))
-        for i, (d_c, du_c, B_c, C_c, y_c) in enumerate(chunks):
-            n = d_c.shape[0]
-            if i:
-                starts[i] = H[-1]
-            _selective_chunk(starts[i], d_c, du_c, A_t, B_c, dA[:n], H[:n])
-            torch.matmul(C_c[:, :, None, :], H[:n], out=y_c[:, :, None, :])  # C_t . h_t
-        ctx.chunk_size = L
-        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, starts)
+        dA, H = u.new_empty(L * B, N, Di), u.new_empty(L * B, N, Di)  # L steps' [B, N, Di]
+        keep = any(ctx.needs_input_grad)
+        starts = u.new_empty(-(-T // K) if keep else 1, B, N, Di)  # the state entering each segment
+        h = starts[0].zero_()
+        Bs, dus = Bm[..., None].unbind(0), du[:, :, None, :].unbind(0)  # [B, N, 1], [B, 1, Di]
+        dAs, Hs = dA.split(B), H.split(B)
+        chunks = list(zip(*(_steps(t, L) for t in (delta, Cm, y))))
+        for c, (d_c, C_c, y_c) in enumerate(chunks):
+            t0, n = c * L, d_c.shape[0] // B
+            if t0 % K == 0 and t0 and keep:
+                h = starts[t0 // K].copy_(h)
+            torch.mul(d_c, A_t, out=dA[:n * B]).exp_()
+            for j in range(n):
+                h = torch.mul(h, dAs[j], out=Hs[j]).addcmul_(Bs[t0 + j], dus[t0 + j])
+            torch.bmm(C_c, H[:n * B], out=y_c)
+        ctx.chunk_size = K
+        ctx.save_for_backward(u, delta, du, A_t, Bm, Cm, D, starts)
         return y.addcmul_(u, D)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, delta, A_t, Bm, Cm, D, starts = ctx.saved_tensors
-        (T, B, Di), N, L = u.shape, A_t.shape[0], ctx.chunk_size
+        u, delta, du, A_t, Bm, Cm, D, starts = ctx.saved_tensors
+        (T, B, Di), N, K = u.shape, A_t.shape[0], ctx.chunk_size
+        L = _scan_steps(B * N * Di, K)
         with fp32(gy):
-            gy, du = gy.to(u.dtype).contiguous(), delta * u
+            gy = gy.to(u.dtype).contiguous()
             gdu, gdelta = torch.empty_like(u), torch.empty_like(u)  # gdu: dL/d(delta u)
-            gB, gC, gA_t = torch.empty_like(Bm), torch.empty_like(Cm), torch.zeros_like(A_t)
-            g_next = torch.zeros_like(starts[0])  # exp(delta_{t+1} A) g_{t+1} past the chunk
-            dA, H, G = (u.new_empty(L, B, N, Di) for _ in range(3))
-            streams = (delta, du, Bm, Cm, gy, gdu, gdelta, gB, gC)
-            chunks = zip(starts, *(t.split(L) for t in streams))
-            for h_in, d_c, du_c, B_c, C_c, gy_c, gdu_c, gd_c, gB_c, gC_c in reversed(list(chunks)):
-                n = d_c.shape[0]
-                dA_, H_, G_ = dA[:n], H[:n], G[:n]
-                _selective_chunk(h_in, d_c, du_c, A_t, B_c, dA_, H_)
-                torch.matmul(gy_c[:, :, None, :], H_.transpose(-1, -2), out=gC_c[:, :, None, :])
-                torch.mul(C_c[..., None], gy_c[:, :, None, :], out=G_)  # C_t gy_t
-                G_[-1] += g_next
-                Gs, dAs = G_.unbind(0), dA_.unbind(0)
-                for t in reversed(range(n - 1)):
-                    Gs[t].addcmul_(dAs[t + 1], Gs[t + 1])
-                torch.matmul(B_c[:, :, None, :], G_, out=gdu_c[:, :, None, :])
-                torch.matmul(du_c[:, :, None, :], G_.transpose(-1, -2), out=gB_c[:, :, None, :])
-                S = dA_.mul_(G_)
-                g_next.copy_(S[0])
-                S[0].mul_(h_in)
-                S[1:].mul_(H_[:-1])  # dL/d(delta_t A)  [n, B, N, Di]
-                torch.sum(torch.mul(S, A_t, out=G_), -2, out=gd_c)
-                gA_t += torch.mul(S, d_c[:, :, None, :], out=G_).sum((0, 1))
+            gB, gC = torch.empty_like(Bm), torch.empty_like(Cm)
+            # a segment's states (entering each step, then after the last) and decays
+            H, dA = u.new_empty((K + 1) * B, N, Di), u.new_empty(K * B, N, Di)
+            G, P = u.new_empty(L * B, N, Di), u.new_empty(L * B, N, Di)
+            gA = u.new_zeros(L * B, N, Di)  # summed over T and B at the end
+            p = u.new_zeros(B, N, Di)  # p_{t+1} past the last step
+            Bs, dus = Bm[..., None].unbind(0), du[:, :, None, :].unbind(0)
+            Cs, gys = Cm[..., None].unbind(0), gy[:, :, None, :].unbind(0)
+            Hs, dAs, Gs, Ps = H.split(B), dA.split(B), G.split(B), P.split(B)
+            # a chunk's slots in the segment buffers: decays, states before and after each step
+            slots = list(zip(dA.split(L * B), H[:-B].split(L * B), H[B:].split(L * B)))
+            chunks = list(zip(*(_steps(t, L) for t in (delta, gy, gC, Bm, gdu, du, gB))))
+            gds = gdelta.view(T * B, Di).split(L * B)
+            per_segment = K // L
+            for i in reversed(range(starts.shape[0])):
+                c0 = i * per_segment
+                seg = range(c0, min(c0 + per_segment, len(chunks)))
+                Hs[0].copy_(starts[i])
+                for c in seg:  # the segment's states again
+                    d_c, j0, k0 = chunks[c][0], (c - c0) * L, c0 * L  # k0: the segment's start
+                    torch.mul(d_c, A_t, out=slots[c - c0][0][:d_c.shape[0]]).exp_()
+                    for j in range(j0, j0 + d_c.shape[0] // B):
+                        torch.mul(Hs[j], dAs[j], out=Hs[j + 1]).addcmul_(Bs[k0 + j], dus[k0 + j])
+                for c in reversed(seg):
+                    d_c, gy_c, gC_c, B_c, gdu_c, du_c, gB_c = chunks[c]
+                    _, H_before, H_after = slots[c - c0]
+                    t0, j0, nB = c * L, (c - c0) * L, d_c.shape[0]
+                    torch.bmm(gy_c, H_after[:nB].transpose(-1, -2), out=gC_c)
+                    for j in reversed(range(nB // B)):
+                        torch.addcmul(p, Cs[t0 + j], gys[t0 + j], out=Gs[j])  # g_t
+                        p = torch.mul(Gs[j], dAs[j0 + j], out=Ps[j])  # P[0] carries on to t0 - 1
+                    torch.bmm(B_c, G[:nB], out=gdu_c)
+                    torch.bmm(du_c, G[:nB].transpose(-1, -2), out=gB_c)
+                    R = torch.mul(P[:nB], H_before[:nB], out=G[:nB])  # dL/d(delta_t A)
+                    gA[:nB].addcmul_(R, d_c)
+                    torch.sum(R.mul_(A_t), -2, out=gds[c])
             gdelta.addcmul_(gdu, u)
             gD = (gy * u).sum((0, 1))
-            return gdu.mul_(delta).addcmul_(gy, D), gdelta, gA_t, gB, gC, gD, None
+            return gdu.mul_(delta).addcmul_(gy, D), gdelta, gA.sum(0), gB, gC, gD, None
+
+
+def _steps(x: torch.Tensor, L: int) -> tuple[torch.Tensor, ...]:
+    """``[T, B, d]`` as chunks of L steps ``[L * B, 1, d]``, views for ``bmm`` and broadcasting."""
+    return x.view(-1, 1, x.shape[-1]).split(L * x.shape[1])
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor, *, chunk_size: int | None = None,
-                   ) -> torch.Tensor:
+                   time_major: bool = False) -> torch.Tensor:
     """Mamba's S6 scan: per channel d, ``h_t = exp(delta_t A_d) * h_{t-1} + delta_t B_t u_t``
     (h in R^N), ``y_t = C_t . h_t + D_d u_t``.
 
     u, delta ``[B, T, Di]``; A ``[Di, N]``; B, C ``[B, T, N]``; D ``[Di]`` -> y ``[B, T, Di]``,
-    in fp32. A loop over time with a hand-written backward (``_SelectiveScan``), as
-    mamba-ssm's CUDA kernel does it: memory ``O(B T Di + (T / chunk_size) B Di N)``, never
-    ``O(B T Di N)``. Results do not depend on ``chunk_size``; by default a chunk's
-    ``[chunk, B, N, Di]`` buffers hold about ``SCAN_BUFFER`` floats (at least
-    ``MIN_SCAN_CHUNK`` steps).
+    in fp32 (``time_major``: u, delta, B, C and y ``[T, B, .]``, which spares the copies to
+    and from the scan's own layout). A loop over time with a hand-written backward
+    (``_SelectiveScan``), as mamba-ssm's CUDA kernel does it: memory
+    ``O(B T Di + (T / chunk_size) B Di N)``, never ``O(B T Di N)``. Results do not depend on
+    ``chunk_size``, the steps between the states the backward restarts from; by default
+    ``MIN_SCAN_CHUNK``, or more where a step's state is smaller than ``SCAN_BUFFER`` floats.
     """
+    Bsz, Di, N = (u.shape[1] if time_major else u.shape[0]), *A.shape
     if chunk_size is None:
-        chunk_size = max(MIN_SCAN_CHUNK, SCAN_BUFFER // (u.shape[0] * A.numel()))
+        chunk_size = max(MIN_SCAN_CHUNK, SCAN_BUFFER // (Bsz * Di * N))
     with fp32(u):
         # time-major [T, B, .]: each step's state slice is contiguous
-        u, delta, B, C = (t.float().transpose(0, 1).contiguous() for t in (u, delta, B, C))
+        layout = (lambda t: t) if time_major else (lambda t: t.transpose(0, 1))
+        u, delta, B, C = (layout(t.float()).contiguous() for t in (u, delta, B, C))
         y = _SelectiveScan.apply(u, delta, A.float().t().contiguous(), B, C, D.float(), chunk_size)
-        return y.transpose(0, 1)  # [B, T, Di]
+        return layout(y)

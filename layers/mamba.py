@@ -14,13 +14,18 @@ in ``[dt_min, dt_max]``. ``A_log`` and ``D`` skip weight decay (marked on the pa
 
 Paths: ``reference`` is the loop over time (``_scan.naive_recurrence`` with one head per
 channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
-``_scan.selective_scan``, a custom autograd function that keeps only the state entering each
-chunk of a few steps and recomputes the rest in its hand-written backward (never all T states
-of ``D_in * d_state``); on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn``
-kernel. ``chunk_size`` is the operator's chunk (the scan sizes its own). ``step`` keeps the last
-``d_conv`` conv inputs and the SSM state. ``operator`` is per channel ``[B, D_in, T, T]``,
-``T_ij = C_i . (prod_{m=j+1..i} exp(Delta_m A)) Delta_j B_j`` plus ``D`` on the diagonal (the
-skip), applied to ``u`` *after* the short conv; the conv itself is outside the operator.
+``_scan.selective_scan``, a custom autograd function that keeps only the state entering every
+few steps and recomputes the rest in its hand-written backward (never all T states of
+``D_in * d_state``), everything time-major ``[T, B, .]`` (the scan's layout; the convolution
+as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan; on CUDA with
+``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the operator's
+chunk (the scan sizes its own). Speed: the scan's cost is a few elementwise ops per step
+over the whole ``[B, d_state, D_in]`` state (its decay differs per state channel and
+channel, so no chunk of it is a matrix product, unlike Mamba-2's scalar decay); see
+benchmarks/step.md. ``step`` keeps the last ``d_conv`` conv inputs and the SSM state.
+``operator`` is per channel ``[B, D_in, T, T]``, ``T_ij = C_i . (prod_{m=j+1..i}
+exp(Delta_m A)) Delta_j B_j`` plus ``D`` on the diagonal (the skip), applied to ``u`` *after*
+the short conv; the conv itself is outside the operator.
 State size: ``D_in * d_state`` floats, constant in T (the SSM state; the conv's
 ``D_in * (d_conv - 1)`` input buffer is not counted).
 """
@@ -83,8 +88,14 @@ class Mamba(SequenceMixer):
         ``[B, T, N]``."""
         return self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
 
-    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """u (after conv and silu) and z ``[B, T, Di]``, dt ``[B, T, R]``, B, C ``[B, T, N]``."""
+    def _streams(self, x: torch.Tensor, time_major: bool = False) -> tuple[torch.Tensor, ...]:
+        """u (after conv and silu) and z ``[B, T, Di]``, dt ``[B, T, R]``, B, C ``[B, T, N]``;
+        ``time_major``: all ``[T, B, .]``, the scan's layout, with the convolution as
+        ``_CausalConv`` (the loop reference keeps ``nn.Conv1d``)."""
+        if time_major:
+            u, z = self.in_proj(x.transpose(0, 1)).chunk(2, -1)  # [T, B, Di]
+            u = _CausalConv.apply(u, self.conv.weight[:, 0, :], self.conv.bias)
+            return (u, z, *self._project(u))
         T = x.shape[1]
         u, z = self.in_proj(x).chunk(2, -1)  # [B, T, Di]
         u = F.silu(self.conv(u.transpose(1, 2))[..., :T]).transpose(1, 2)  # [B, T, Di] causal
@@ -115,12 +126,12 @@ class Mamba(SequenceMixer):
         return self.out_proj(y.to(self.out_proj.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u, z, dt, Bm, Cm = self._streams(x)
         ops = kernel_module("mamba_ssm.ops.selective_scan_interface", x, self.use_kernels)
         if ops is not None:
-            return self._mamba_ssm(ops, u, z, dt, Bm, Cm)
-        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D)
-        return self._out(y, None, z)  # the skip is inside the scan
+            return self._mamba_ssm(ops, *self._streams(x))
+        u, z, dt, Bm, Cm = self._streams(x, time_major=True)
+        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D, time_major=True)
+        return self._out(y, None, z).transpose(0, 1)  # the skip is inside the scan; [B, T, D]
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         u, z, dt, Bm, Cm = self._streams(x)
@@ -176,3 +187,37 @@ class Mamba(SequenceMixer):
             self.D.float(), z=z.transpose(1, 2).contiguous(),
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2).to(self.out_proj.weight.dtype))  # [B, T, D]
+
+
+class _CausalConv(torch.autograd.Function):
+    """``silu(conv_causal(u))`` over time-major ``u [T, B, C]``, depthwise, taps ``w [C, k]``
+    (``nn.Conv1d``'s weight without its middle axis), bias ``b [C]`` or None.
+
+    Each tap is one multiply-add of a shifted, contiguous ``[T - s, B, C]`` slice into the
+    output, and the backward is the same taps run the other way. nn.Conv1d needs ``[B, C, T]``
+    (copies in and out of the scan's layout), and autograd through padded shifts zero-fills and
+    copies a full-size gradient per tap.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, w: torch.Tensor,
+                b: torch.Tensor | None) -> torch.Tensor:
+        T, k = u.shape[0], w.shape[1]
+        pre = u * w[:, -1] if b is None else torch.addcmul(b, u, w[:, -1])
+        for s in range(1, min(k, T)):  # tap k-1-s reads s steps back
+            pre[s:].addcmul_(u[:T - s], w[:, k - 1 - s])
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(u, w, pre)
+        return F.silu(pre)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u, w, pre = ctx.saved_tensors
+        T, k = u.shape[0], w.shape[1]
+        g = torch.ops.aten.silu_backward(g, pre)  # dL/dpre
+        gu, gw = g * w[:, -1], torch.zeros_like(w)
+        gw[:, -1] = (g * u).sum((0, 1))
+        for s in range(1, min(k, T)):
+            gu[:T - s].addcmul_(g[s:], w[:, k - 1 - s])
+            gw[:, k - 1 - s] = (g[s:] * u[:T - s]).sum((0, 1))
+        return gu, gw, g.sum((0, 1)) if ctx.has_bias else None

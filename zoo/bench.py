@@ -2,6 +2,7 @@
 
     python -m zoo.bench gen        # task generation: seconds for 100k training examples
     python -m zoo.bench mixers     # every sequence mixer: forward+backward tokens/s, peak memory
+    python -m zoo.bench step       # a training step of the recall frontier's model, per mixer
     python -m zoo.bench generate   # recurrent step over N tokens: speed and state growth
     python -m zoo.bench moe        # MoE against the dense MLP of the same active parameters
     python -m zoo.bench ess --lengths 1024  # ESS at every position of a 2-layer attention model
@@ -31,10 +32,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import inspect
 import itertools
 import os
 import platform
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -150,42 +153,68 @@ def _measure(module: torch.nn.Module, d_model: int, batch: int, T: int, repeats:
     return best_of(step, repeats), peak
 
 
-def _kernel_pair(module: torch.nn.Module, batch: int, T: int, device: torch.device
-                 ) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor],
-                            list[torch.Tensor]] | None:
-    """The recurrence kernel of ``module`` on its own: (fast, loop reference, random inputs
-    of the layer's shapes at ``[batch, T]``) for gla and phalanx, else None. It isolates the
-    speed-up of the chunked / block two-pass form from the projections around it."""
-    from layers import _scan, phalanx
+def _layer_calls(module: torch.nn.Module, method: str, x: torch.Tensor
+                 ) -> dict[Callable[..., Any], tuple[float, tuple, dict]]:
+    """The functions of the ``layers`` package that ``module.<method>(x)`` calls directly (from
+    the module defining that method), each with the wall seconds and arguments of its call."""
+    home = sys.modules[getattr(type(module), method).__module__]
+    found = {name: f for name, f in vars(home).items()
+             if inspect.isfunction(f) and f.__module__.split(".")[0] == "layers"}
+    calls: dict[Callable[..., Any], tuple[float, tuple, dict]] = {}
 
-    g = torch.Generator().manual_seed(0)
+    def recorded(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = f(*args, **kwargs)
+            calls[f] = (time.perf_counter() - start, args, kwargs)
+            return out
+        return call
 
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(device).requires_grad_()
-
-    if isinstance(module, layers.GatedLinearAttention):
-        H, dk, dv = module.num_heads, module.dk, module.dv
-        gates = dk if module.gate == "vector" else 1
-        log_g = (torch.nn.functional.logsigmoid(torch.randn(batch, H, T, gates, generator=g))
-                 / module.gate_logit_normalizer).to(device).requires_grad_()
-        inputs = [rand(batch, H, T, dk), rand(batch, H, T, dk), rand(batch, H, T, dv), log_g]
-        return (lambda *a: _scan.chunked_linear_attention(*a, chunk_size=module.chunk_size)[0],
-                lambda *a: _scan.naive_recurrence(*a)[0], inputs)
-    if isinstance(module, layers.Phalanx):
-        H, hd, BL = module.num_heads, module.head_dim, module.block_size
-        log_a = torch.nn.functional.logsigmoid(torch.randn(batch, H, T, generator=g))
-        inputs = [log_a.to(device).requires_grad_(), rand(batch, H, T, hd)]
-        return (lambda *a: phalanx.swr(*a, BL), lambda *a: phalanx.swr_reference(*a, BL), inputs)
-    return None
+    try:
+        for name, f in found.items():
+            setattr(home, name, recorded(f))
+        with torch.no_grad():
+            getattr(module, method)(x)
+    finally:
+        for name, f in found.items():
+            setattr(home, name, f)
+    return calls
 
 
-def _time_kernel(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor],
-                 repeats: int) -> float:
-    """Best wall seconds of ``fn(*inputs)`` forward+backward, after a warm-up."""
-    grad = torch.randn_like(fn(*inputs))
+def _kernel_pair(module: torch.nn.Module, x: torch.Tensor
+                 ) -> tuple[tuple[Callable[..., Any], tuple, dict], ...] | None:
+    """The recurrence kernel of ``module`` on its own, found through the contract rather than
+    by name: the costliest ``layers`` function that ``forward`` calls and ``reference`` does
+    not, against the costliest one ``reference`` calls and ``forward`` does not (gla:
+    ``chunked_linear_attention`` and ``naive_recurrence``; phalanx: ``swr`` and
+    ``swr_reference``), each with the arguments the layer gave it on ``x``. None where the two
+    paths share their functions (attention's). It isolates the chunked form's speed-up from
+    the projections around it."""
+    fast, ref = _layer_calls(module, "forward", x), _layer_calls(module, "reference", x)
+    fast_only = [(t, f, a, k) for f, (t, a, k) in fast.items() if f not in ref]
+    ref_only = [(t, f, a, k) for f, (t, a, k) in ref.items() if f not in fast]
+    if not fast_only or not ref_only:
+        return None
+    return tuple(max(found, key=lambda c: c[0])[1:] for found in (fast_only, ref_only))
+
+
+def _time_kernel(fn: Callable[..., Any], args: tuple, kwargs: dict, repeats: int) -> float:
+    """Best wall seconds of ``fn(*args, **kwargs)`` forward+backward (gradients for every
+    floating-point tensor argument), after a warm-up; a tuple result's first element is the
+    output (the kernels return ``(output, state)``)."""
+    args = tuple(a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point()
+                 else a for a in args)
+    inputs = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a) and a.requires_grad]
+
+    def output() -> torch.Tensor:
+        out = fn(*args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    grad = torch.randn_like(output())
 
     def run() -> None:
-        torch.autograd.grad(fn(*inputs), inputs, grad)
+        torch.autograd.grad(output(), inputs, grad, allow_unused=True)
         if grad.is_cuda:
             torch.cuda.synchronize(grad.device)
     run()
@@ -202,12 +231,13 @@ def _memory_limit(device: torch.device) -> int:
 
 def bench_mixers(lengths: Sequence[int] = (256, 1024, 4096, 16384), d_model: int = 128,
                  batch: int = 8, names: Sequence[str] | None = None, repeats: int = 2,
-                 budget: float = 60.0, naive: Sequence[str] = ("gla:1024", "phalanx:4096"),
+                 budget: float = 60.0, naive: Sequence[str] | None = None,
                  memory: bool = True, device: str = "cpu") -> list[str]:
     """Forward+backward throughput and peak memory of every sequence mixer (default options)
     over ``lengths``. A mixer's next length is skipped when, scaled linearly in T from the
     last one, it would take more than ``budget`` seconds a step or more than half the memory.
-    Then the loop reference against the fast path for each ``name:T`` in ``naive``."""
+    Then the loop reference against the fast path for each ``name:T`` in ``naive`` (default:
+    every mixer measured, at T = 1,024)."""
     dev = torch.device(device)
     limit = _memory_limit(dev)
     rows = [f"d_model={d_model}, batch={batch}, default options, best of {repeats}; "
@@ -237,27 +267,31 @@ def bench_mixers(lengths: Sequence[int] = (256, 1024, 4096, 16384), d_model: int
             rows.append(f"| {name} | {T:,} | {batch * T / secs:,.0f} | {secs * 1e3:,.1f} "
                         f"| {'n/a' if peak is None else f'{peak / MIB:,.1f}'} |")
     rows += _scaling_rows(times)
+    if naive is None:
+        naive = [f"{name}:1024" for name in names or layers.names()]
     if naive:
         rows += ["", "Loop reference (fp32, the tests' oracle) against the fast path, fwd+bwd: "
-                 "the whole layer, and its recurrence kernel alone on the layer's shapes "
-                 "(gla: `chunked_linear_attention` vs `naive_recurrence`; phalanx: `swr` vs "
-                 "`swr_reference`).", "",
-                 "| mixer | T | part | reference ms | fast ms | speed-up |",
-                 "|---|---|---|---|---|---|"]
+                 "the whole layer (`forward` / `reference`), and its recurrence kernel alone "
+                 "(the `layers` function only `forward` calls / the one only `reference` calls, "
+                 "on the arguments the layer gave them).", "",
+                 "| mixer | T | part | fast / reference | reference ms | fast ms | speed-up |",
+                 "|---|---|---|---|---|---|---|"]
     for spec in naive:
         name, T = spec.split(":")[0], int(spec.split(":")[1])
         torch.manual_seed(0)
         module = layers.build(name, d_model).to(dev)
         ref, _ = _measure(module, d_model, batch, T, 1, False, dev, reference=True)
         fast, _ = _measure(module, d_model, batch, T, repeats, False, dev)
-        pairs = [("layer", ref, fast)]
-        kernel = _kernel_pair(module, batch, T, dev)
+        pairs = [("layer", "forward / reference", ref, fast)]
+        x = torch.randn(batch, T, d_model, generator=torch.Generator().manual_seed(0)).to(dev)
+        kernel = _kernel_pair(module, x)
         if kernel is not None:
-            fast_fn, ref_fn, inputs = kernel
-            pairs.append(("kernel", _time_kernel(ref_fn, inputs, 1),
-                          _time_kernel(fast_fn, inputs, repeats)))
-        rows += [f"| {name} | {T:,} | {part} | {r * 1e3:,.1f} | {f * 1e3:,.1f} | {r / f:,.1f}x |"
-                 for part, r, f in pairs]
+            (fast_fn, *fast_call), (ref_fn, *ref_call) = kernel
+            pairs.append(("kernel", f"`{fast_fn.__name__}` / `{ref_fn.__name__}`",
+                          _time_kernel(ref_fn, *ref_call, 1),
+                          _time_kernel(fast_fn, *fast_call, repeats)))
+        rows += [f"| {name} | {T:,} | {part} | {fns} | {r * 1e3:,.1f} | {f * 1e3:,.1f} "
+                 f"| {r / f:,.1f}x |" for part, fns, r, f in pairs]
     return rows
 
 
@@ -274,6 +308,72 @@ def _scaling_rows(times: dict[str, dict[int, float]], base: int = 1024) -> list[
         if base in by_T:
             cells = [f"{by_T[T] / by_T[base]:,.1f}" if T in by_T else "" for T in longer]
             rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _config(rel: str) -> dict[str, Any]:
+    """A file of ``configs/`` as a dict."""
+    from omegaconf import OmegaConf
+
+    from .labels import CONFIG_DIR
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / rel))
+
+
+def frontier_setting() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The recall frontier's training setting, as its configs give it (so the two cannot drift):
+    the task's knobs and data sizes (``configs/experiment/frontier/_common.yaml`` over the task
+    file it selects) and its model options."""
+    from .config import split_task_config
+
+    exp = _config("experiment/frontier/_common.yaml")
+    task = next(d["override /task"] for d in exp["defaults"]
+                if isinstance(d, dict) and "override /task" in d)
+    _, knobs, sizes = split_task_config({**_config(f"task/{task}.yaml"), **exp["task"]})
+    return {"name": task, **knobs}, sizes, exp["model"]
+
+
+def bench_step(names: Sequence[str] | None = None, d_model: int = 64, repeats: int = 10,
+               device: str = "cpu", base: str = "attention") -> list[str]:
+    """One training step of the recall frontier per mixer, where its sweeps spend their time:
+    a ``Backbone`` with the frontier's model options (2 layers, no channel mixer) and the
+    mixer's ``configs/layer`` options, one batch of its task (MQAR, vocabulary 8,192, T = 64,
+    batch 64), forward, cross-entropy at the supervised positions, backward, AdamW step (the
+    optimiser settings of ``configs/optim/adamw.yaml``). Best of ``repeats`` after three
+    warm-up steps, and each mixer's time over ``base``'s, measured in the same run."""
+    from .labels import layer_defaults
+    from .model import Backbone, param_groups
+
+    task_cfg, sizes, model_cfg = frontier_setting()
+    task = tasks.build(**task_cfg)
+    dev = torch.device(device)
+    x, y = (t.to(dev) for t in task.generate(sizes["batch_size"], torch.Generator().manual_seed(0)))
+    sel = y != tasks.IGNORE
+    optim = _config("optim/adamw.yaml")
+    knobs = ", ".join(f"{k}={v}" for k, v in sorted(task_cfg.items()) if k != "name")
+    rows = [f"{task_cfg['name']} ({knobs}), batch {sizes['batch_size']}, d_model={d_model}, "
+            f"model {model_cfg}; best of {repeats} steps after 3 warm-up steps.", "",
+            f"| mixer | ms / step | / {base} |", "|---|---|---|"]
+    names = list(names or layers.names())
+    times: dict[str, float] = {}
+    for name in ([base] if base not in names else []) + names:
+        torch.manual_seed(0)
+        model = Backbone(task.vocab_size, d_model=d_model, pattern=name,
+                         mixer_options={name: layer_defaults(name) or {}}, **model_cfg).to(dev)
+        opt = torch.optim.AdamW(param_groups(model, optim["weight_decay"]), lr=optim["lr"],
+                                betas=tuple(optim["betas"]), eps=optim["eps"])
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            logits = model.head(model.hidden(x)[sel])  # supervised positions only, as zoo.module
+            torch.nn.functional.cross_entropy(logits.float(), y[sel]).backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        for _ in range(3):
+            step()
+        times[name] = best_of(step, repeats)
+    rows += [f"| {name} | {times[name] * 1e3:,.1f} | {times[name] / times[base]:.2f} |"
+             for name in names]
     return rows
 
 
@@ -411,8 +511,8 @@ def bench_leaderboard(records: int = 1000) -> list[str]:
 
 
 SUITES: dict[str, Callable[..., list[str]]] = {
-    "gen": bench_gen, "mixers": bench_mixers, "generate": bench_generate, "moe": bench_moe,
-    "ess": bench_ess, "leaderboard": bench_leaderboard}
+    "gen": bench_gen, "mixers": bench_mixers, "step": bench_step, "generate": bench_generate,
+    "moe": bench_moe, "ess": bench_ess, "leaderboard": bench_leaderboard}
 QUICK = {"lengths": [64, 256], "batch": 2, "repeats": 1, "naive": ["gla:256", "phalanx:256"],
          "tokens": 128}
 
@@ -423,10 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("suite", nargs="*", help=f"any of {', '.join(SUITES)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny settings: a smoke run in seconds")
     ap.add_argument("--lengths", type=int, nargs="+", help="mixers, ess: sequence lengths")
-    ap.add_argument("--d-model", type=int, help="mixers, generate, ess: model width")
+    ap.add_argument("--d-model", type=int, help="mixers, step, generate, ess: model width")
     ap.add_argument("--batch", type=int, help="mixers, generate: batch size")
-    ap.add_argument("--names", nargs="+", help="mixers, generate: only these mixers; gen: tasks")
-    ap.add_argument("--repeats", type=int, help="mixers: timed repeats (best is kept)")
+    ap.add_argument("--names", nargs="+",
+                    help="mixers, step, generate: only these mixers; gen: tasks")
+    ap.add_argument("--repeats", type=int, help="mixers, step: timed repeats (best is kept)")
     ap.add_argument("--budget", type=float, help="mixers: seconds per step beyond which a "
                                                   "mixer's longer lengths are skipped")
     ap.add_argument("--naive", nargs="*", help="mixers: NAME:T pairs timing the loop reference "
@@ -434,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", dest="memory", action="store_false", default=None,
                     help="mixers: skip the peak-memory pass")
     ap.add_argument("--tokens", type=int, help="generate: tokens to step through")
-    ap.add_argument("--device", help="mixers, generate: torch device (default cpu)")
+    ap.add_argument("--device", help="mixers, step, generate: torch device (default cpu)")
     ap.add_argument("--os-malloc", action="store_true",
                     help="leave glibc's allocator as it is (see the module docstring)")
     args = ap.parse_args(argv)

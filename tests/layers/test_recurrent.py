@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 import layers
+from layers import _scan
 from layers._scan import (_FactorisedChunks, _SelectiveScan, causal_operator,
                           chunked_linear_attention, naive_recurrence, selective_scan)
 from layers.phalanx import _SWR, jagged_operator, swr, swr_reference
@@ -186,19 +187,35 @@ def s6_loop(u, delta, A, Bm, Cm, D):
     return o[..., 0].transpose(1, 2) + D * u  # [B, T, Di]
 
 
-def test_selective_scan_gradcheck():
-    """The hand-written backward in float64, across chunk boundaries and a ragged last chunk."""
+# How many steps each op of the scan covers (at most SCAN_BUFFER floats of state, a divisor of
+# the chunk): one, the form the frontier's shapes take; two; or whole chunks (small states).
+STEPS_PER_OP = {"per-step": 1, "two-steps": 2, "whole-chunk": 10 ** 6}
+
+
+def steps_per_op(monkeypatch, steps: int, B: int, Di: int, N: int) -> None:
+    monkeypatch.setattr(_scan, "SCAN_BUFFER", steps * B * Di * N)
+
+
+@pytest.mark.parametrize("steps", STEPS_PER_OP.values(), ids=STEPS_PER_OP.keys())
+@pytest.mark.parametrize("chunk_size", [3, 4])
+def test_selective_scan_gradcheck(chunk_size, steps, monkeypatch):
+    """The hand-written backward in float64, across chunk boundaries and a ragged last chunk
+    (7 steps: chunks of 3 + 3 + 1 or 4 + 3; two steps per op leave one step alone)."""
+    steps_per_op(monkeypatch, steps, 2, 3, 4)
+
     def scan(u, delta, A, Bm, Cm, D):
         u, delta, Bm, Cm = (t.transpose(0, 1) for t in (u, delta, Bm, Cm))  # [T, B, .]
-        return _SelectiveScan.apply(u, delta, A.t(), Bm, Cm, D, 3)
+        return _SelectiveScan.apply(u, delta, A.t(), Bm, Cm, D, chunk_size)
     assert torch.autograd.gradcheck(scan, s6_inputs(2, 7, 3, 4, torch.float64))
 
 
-@pytest.mark.parametrize("chunk_size", [1, 16, 64, 128])
+@pytest.mark.parametrize("steps", STEPS_PER_OP.values(), ids=STEPS_PER_OP.keys())
+@pytest.mark.parametrize("chunk_size", [1, 8, 16, 64, 128])
 @pytest.mark.parametrize("T", [63, 100])
-def test_selective_scan_matches_loop(T, chunk_size):
+def test_selective_scan_matches_loop(T, chunk_size, steps, monkeypatch):
     """Output and all six input grads of the scan against the autograd loop, at odd lengths
-    (chunk 64 splits 100 unevenly; 128 is one chunk)."""
+    (chunk 64 splits 100 unevenly; 128 is one chunk), a step, two or a chunk per op."""
+    steps_per_op(monkeypatch, steps, 2, 8, 5)
     args = s6_inputs(2, T, 8, 5)
     y = selective_scan(*args, chunk_size=chunk_size)
     g = torch.randn_like(y)
@@ -210,13 +227,23 @@ def test_selective_scan_matches_loop(T, chunk_size):
         assert_rel_close(a, b, 1e-5, what=f"grad of {name}")
 
 
+def test_selective_scan_time_major_is_the_same_scan():
+    args = s6_inputs(2, 37, 8, 5)
+    y = selective_scan(*args)
+    u, delta, A, Bm, Cm, D = (t.detach() for t in args)
+    y_tm = selective_scan(*(t.transpose(0, 1) for t in (u, delta)), A,
+                          *(t.transpose(0, 1) for t in (Bm, Cm)), D, time_major=True)
+    assert torch.equal(y_tm.transpose(0, 1), y.detach())
+
+
 def test_selective_scan_saves_chunk_states_only():
-    """Autograd holds the inputs and one state per chunk, not the T states (B T Di N floats)."""
+    """Autograd holds the inputs, delta u and one state per chunk, not the T states
+    (B T Di N floats)."""
     B, T, Di, N = 2, 256, 8, 16
     y = selective_scan(*s6_inputs(B, T, Di, N), chunk_size=16)
     scan = y.grad_fn.next_functions[0][0]  # past the transpose back to [B, T, Di]
     saved = sum(t.numel() for t in scan.saved_tensors)
-    assert saved == 2 * B * T * (Di + N) + Di * N + Di + (T // 16) * B * N * Di
+    assert saved == 3 * B * T * Di + 2 * B * T * N + Di * N + Di + (T // 16) * B * N * Di
 
 
 # --- strong decay ----------------------------------------------------------------------------
@@ -382,6 +409,23 @@ def test_phalanx_needs_d_model_divisible_by_16():
 
 
 # --- Mamba -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5])
+@pytest.mark.parametrize("conv_bias", [True, False])
+def test_mamba_shorter_than_its_convolution(T, conv_bias):
+    """The time-major convolution of the fast path (taps as shifted slices) against
+    nn.Conv1d in the reference, where the sequence is shorter than the d_conv = 4 taps."""
+    check_against_reference(make("mamba", conv_bias=conv_bias), inputs(T, B=2))
+
+
+def test_mamba_causal_conv_gradcheck():
+    from layers.mamba import _CausalConv
+    g = torch.Generator().manual_seed(0)
+    u, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+               for shape in ((6, 2, 3), (3, 4), (3,)))
+    assert torch.autograd.gradcheck(_CausalConv.apply, (u, w, b))
+    assert torch.autograd.gradcheck(lambda u, w: _CausalConv.apply(u, w, None), (u, w))
+
 
 def test_mamba_initialisation():
     m = make("mamba")
