@@ -4,6 +4,11 @@ A task is a small dataclass of knobs with a vectorised ``generate(n, generator)`
 ``inputs [N, T] long`` and ``targets [N, T] long`` with ``IGNORE`` (-100) where no loss and no
 metric apply. ``at_length(T)`` gives the same task at another length (the length-
 generalisation protocol), scaling the knobs that the task ties to ``T``.
+
+A continuous task (``ContinuousTask``: in-context regression, mixtures) instead returns real
+``inputs [N, T, d_in]``, real ``targets [N, T, d_out]`` and a ``mask [N, T]`` of the positions
+scored, and names its own loss and metrics (``loss``, ``counts``, ``rates``): the model reads it
+in and out with linear maps (``io``) instead of an embedding and a tied head.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ def names() -> list[str]:
 
 
 def knobs(name: str) -> dict[str, Any]:
-    """The knobs of a task with their defaults."""
+    """The knobs of a task with their defaults (fields a task derives, ``init=False``, are
+    not knobs: a continuous task's ``vocab_size``, an in-context task's ``seq_len``)."""
     cls = _get(name)
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.init}
 
 
 def _get(name: str) -> type["Task"]:
@@ -52,7 +58,7 @@ def _get(name: str) -> type["Task"]:
 def build(name: str, **kw: Any) -> "Task":
     """Instantiate a task, failing on unknown names or knobs (before any generation)."""
     cls = _get(name)
-    valid = [f.name for f in dataclasses.fields(cls)]
+    valid = list(knobs(name))
     unknown = [k for k in kw if k not in valid]
     if unknown:
         raise ValueError(f"{name}: unknown knob(s) {', '.join(map(repr, unknown))}; "
@@ -68,6 +74,12 @@ class Task:
     # checkpoint and stops training early unless the config names another.
     metrics: ClassVar[tuple[str, ...]] = ("acc", "exact_match", "loss")
     monitor: ClassVar[tuple[str, str]] = ("acc", "max")
+    # Whether the configured early-stopping threshold (an accuracy at which a run counts as
+    # solved) applies to ``monitor`` when the config leaves the monitor to the task. An error
+    # with no solved level (a regression's MSE) says False: the run then stops on its budget
+    # or a plateau, not at the first validation below 0.995.
+    threshold_applies: ClassVar[bool] = True
+    continuous: ClassVar[bool] = False
     seq_len: int
     vocab_size: int
 
@@ -77,7 +89,12 @@ class Task:
     def validate(self) -> None:
         """Raise ValueError naming the offending knob."""
 
-    def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def io(self) -> dict[str, int]:
+        """What the model's input and output layers are sized by: a vocabulary here."""
+        return {"vocab_size": self.vocab_size}
+
+    def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     @property
@@ -106,6 +123,53 @@ class Task:
         raise NotImplementedError
 
 
+@dataclasses.dataclass(frozen=True)
+class ContinuousTask(Task):
+    """A task of real vectors: ``generate`` returns ``inputs [N, T, d_in]``, ``targets
+    [N, T, d_out]`` (fp32) and ``mask [N, T]`` (bool, the positions with a loss and a
+    metric). The model reads ``d_in`` and writes ``d_out`` through linear maps (``io``), and
+    the task scores it:
+
+    - ``loss(pred [M, d_out], target [M, d_out])``: the training loss at the masked positions;
+    - ``counts(pred [N, T, d_out], targets, mask, prefix, slices)``: sums (over positions) that
+      add up over batches and data-parallel ranks, keyed ``<prefix><count>[@<slice>]``;
+    - ``rates(counts)``: the metrics from those sums (micro averages), keyed
+      ``<prefix><metric>[@<slice>]``; ``@n=<i>`` slices are reported as ``test/<m>@n=<i>``;
+    - ``baselines(inputs, mask)``: reference estimators' predictions on the same inputs
+      (``{name: pred [N, T, d_out]}``), scored on every test set as ``<name>_<metric>``.
+    """
+    metrics: ClassVar[tuple[str, ...]] = ("mse", "loss")
+    monitor: ClassVar[tuple[str, str]] = ("mse", "min")
+    threshold_applies: ClassVar[bool] = False
+    continuous: ClassVar[bool] = True
+    vocab_size: int = dataclasses.field(default=0, init=False, repr=False)  # no vocabulary
+
+    @property
+    def d_in(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def d_out(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def io(self) -> dict[str, int]:
+        return {"d_in": self.d_in, "d_out": self.d_out}
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def counts(self, pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+               prefix: str = "", slices: bool = False) -> dict[str, float]:
+        raise NotImplementedError
+
+    def rates(self, counts: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def baselines(self, inputs: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+
 def last_position(mask: torch.Tensor) -> torch.Tensor:
     """``[N, T]``: the index of the last True at or before each position, -1 before the first.
     Lets oracles parse a row causally (which example, which segment a position is in)."""
@@ -121,7 +185,7 @@ def split_seed(seed: int, split: str, seq_len: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def make_split(task: Task, n: int, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def make_split(task: Task, n: int, seed: int, split: str) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(split_seed(seed, split, task.seq_len))
     with single_threaded():
         return task.for_split(split).generate(n, g)
@@ -142,7 +206,10 @@ def single_threaded() -> Iterator[None]:
 
 
 def row_hashes(x: torch.Tensor) -> torch.Tensor:
-    """A 64-bit hash per row of a long tensor (wrapping polynomial hash, two bases mixed)."""
+    """A 64-bit hash per row of a long tensor (wrapping polynomial hash, two bases mixed); a
+    real tensor ``[N, ...]`` is hashed by the bits of its fp32 values, so equal rows collide."""
+    if x.is_floating_point():
+        x = x.float().reshape(len(x), -1).contiguous().view(torch.int32)
     x = x.long() + 1
     T = x.shape[1]
     exps = torch.arange(T, dtype=torch.long)
@@ -164,7 +231,7 @@ def _powers(base: int, exps: torch.Tensor) -> torch.Tensor:
 
 def leakage(train_inputs: torch.Tensor, other_inputs: torch.Tensor) -> int:
     """How many rows of ``other_inputs`` also occur in ``train_inputs``."""
-    if train_inputs.shape[1] != other_inputs.shape[1]:
+    if train_inputs.shape[1:] != other_inputs.shape[1:]:
         return 0
     return int(torch.isin(row_hashes(other_inputs), row_hashes(train_inputs)).sum())
 

@@ -21,18 +21,21 @@ from .config import DATA_KEYS, split_task_config  # noqa: F401 - re-exported
 
 
 class TensorPairs(Dataset):
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.inputs, self.targets = inputs, targets
+    """Rows of a split: ``(inputs, targets)``, or a continuous task's ``(inputs, targets,
+    mask)``; each item and batch is the same tuple of its rows."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.tensors[0])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[i], self.targets[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
 
-    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, ...]:
         idx_t = torch.as_tensor(idx)
-        return self.inputs[idx_t], self.targets[idx_t]
+        return tuple(t[idx_t] for t in self.tensors)
 
 
 def _identity(batch: Any) -> Any:
@@ -58,7 +61,7 @@ class FreshBatches(IterableDataset):
         self.held_out = {k: tasks.row_hashes(v) for k, v in (held_out or {}).items()}
         self.leaked = {k: 0 for k in self.held_out}
 
-    def _block(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _block(self, i: int) -> tuple[torch.Tensor, ...]:
         digest = hashlib.sha256(f"{self.base}/{self.rank}/{i}".encode()).digest()
         g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
         with tasks.single_threaded():
@@ -67,7 +70,8 @@ class FreshBatches(IterableDataset):
     def __iter__(self):
         i, skip = divmod(self.start_step, self.block)
         while True:
-            x, y = self._block(i)
+            parts = self._block(i)  # (inputs, targets[, mask])
+            x = parts[0]
             keep = torch.ones(len(x), dtype=torch.bool)
             if self.held_out:
                 h = tasks.row_hashes(x)
@@ -77,7 +81,7 @@ class FreshBatches(IterableDataset):
                     keep &= ~hit
             for b in range(skip, self.block):
                 rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                yield x[rows][keep[rows]], y[rows][keep[rows]]
+                yield tuple(p[rows][keep[rows]] for p in parts)
             i, skip = i + 1, 0
 
 
@@ -138,7 +142,7 @@ class TaskDataModule(L.LightningDataModule):
             raise ValueError(f"task.batch_size={self.batch_size} (the global batch) is not "
                              f"divisible by the {world_size} data-parallel processes")
 
-    def _loader(self, pair: tuple[torch.Tensor, torch.Tensor], batch_size: int,
+    def _loader(self, pair: tuple[torch.Tensor, ...], batch_size: int,
                 shuffle: bool) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(TensorPairs(*pair), batch_size=max(1, batch_size // world),

@@ -57,7 +57,8 @@ from .record import load_records
 
 
 def mixer_inputs(model: Backbone, tokens: torch.Tensor) -> list[torch.Tensor]:
-    """Each block's mixer input ``norm1(h)`` ``[B, T, D]`` for ``tokens`` ``[B, T]``."""
+    """Each block's mixer input ``norm1(h)`` ``[B, T, D]`` for ``tokens`` ``[B, T]`` (or real
+    inputs ``[B, T, d_in]``), in the order the blocks are applied (``Backbone.applied``)."""
     seen: list[torch.Tensor] = []
     hooks = [b.norm1.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
              for b in model.blocks]
@@ -79,7 +80,8 @@ def layer_ess(model: Backbone, tokens: torch.Tensor, positions: Sequence[int] | 
     was_training = model.training
     model.eval()
     try:
-        for block, x in zip(model.blocks, mixer_inputs(model, tokens)):
+        # a looped model applies each block once per loop: every application is measured
+        for block, x in zip(model.applied(), mixer_inputs(model, tokens)):
             mixer = block.mixer
             if not type(mixer).supports("operator"):
                 out.append(None)

@@ -189,6 +189,13 @@ def eval_config(record: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict
         _set(cfg, key, value)
     # the run started from it once; evaluating needs only the run's own weights
     check({k: v for k, v in cfg.items() if k != "ckpt_path"})
+    trained, now = (tasks.build(name, **split_task_config(c["task"])[1]).io
+                    for c in (record["config"], cfg))
+    if trained != now:  # a continuous task's dimension sizes the model's linear maps
+        knob = next(k for k in sorted(overrides) if k.startswith("task."))
+        raise ConfigError(knob, overrides[knob], f"changes what the model reads or writes "
+                          f"({now} against the trained {trained}), which an evaluation keeps "
+                          f"as trained")
     return cfg, ",".join(tag)
 
 
@@ -223,7 +230,7 @@ def evaluate(cfg: dict[str, Any], checkpoint: Path) -> dict[str, float]:
     task = tasks.build(name, **knobs)
     # fresh: no training split is drawn (an evaluation trains nothing)
     dm = TaskDataModule(task, seed=cfg["seed"], **{**sizes, "fresh": True})
-    module = ZooModule(model_kwargs(cfg, task.vocab_size), cfg["optim"], eval_names=dm.eval_names,
+    module = ZooModule(model_kwargs(cfg, **task.io), cfg["optim"], eval_names=dm.eval_names,
                        metrics=task.metrics)
     module.model.load_state_dict(checkpoint_weights(checkpoint))
     trainer = L.Trainer(accelerator=cfg["trainer"]["accelerator"], devices=1,

@@ -25,7 +25,8 @@ label, the leaderboard's row and hyper-parameter keys, a task setting in words.
   all as ``attention(class)``. The channel mixer's options likewise.
 - A layer without a defaults file shows every option given.
 - Model options that differ from ``configs/model/default.yaml``: ``x<n_layers>``,
-  ``ch=<channel>(<options that differ from its defaults>)``, any other as ``key=value``.
+  ``ch=<channel>(<options that differ from its defaults>)``, any other as ``key=value``
+  (a looped model ``linear_attn x1 loops=3``, one without norms ``norm=none``).
 
 Two configs whose architectures differ (in any option, at any width) get two labels.
 """

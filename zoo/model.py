@@ -11,6 +11,17 @@ layer by name: everything layer-specific goes through the registry contract.
 ``generate`` decodes through that contract too: one token at a time through every mixer's
 ``init_state`` / ``step`` (attention's KV cache, a recurrence's state), so decoding costs one
 step per token and equals the full forward pass wherever ``step`` equals ``forward``.
+
+What the model reads and writes is the task's declaration (``tasks.Task.io``): token ids
+through the embedding and the tied head (``vocab_size``), or real vectors (``d_in``, ``d_out``:
+in-context regression, mixtures) through a linear map in and a linear head out,
+
+    h = W_in x + b_in                  x [B, T, d_in]
+    out = W_out norm(h) + b_out        [B, T, d_out]
+
+``loops = k`` applies the whole block stack ``k`` times with the same weights (a looped model,
+Giannou et al. 2023, arXiv 2301.13196; Yang et al. 2023, arXiv 2311.12424): depth ``k L`` from
+the parameters of ``L`` layers. Each application keeps its own recurrent state when decoding.
 """
 
 from __future__ import annotations
@@ -24,13 +35,24 @@ from torch import nn
 import layers
 
 
+NORMS = ("rms", "none")
+
+
+def _norm(kind: str, d_model: int, eps: float) -> nn.Module:
+    """RMSNorm, or none: the linear transformers of the in-context learning theory have no
+    normalisation, and with it one linear-attention layer is exactly a preconditioned gradient
+    step (``norm: none``)."""
+    return nn.RMSNorm(d_model, eps=eps) if kind == "rms" else nn.Identity()
+
+
 class Block(nn.Module):
     def __init__(self, d_model: int, mixer: str, mixer_opts: dict[str, Any], channel: str,
-                 channel_opts: dict[str, Any], layer_idx: int, norm_eps: float) -> None:
+                 channel_opts: dict[str, Any], layer_idx: int, norm_eps: float,
+                 norm: str = "rms") -> None:
         super().__init__()
-        self.norm1 = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm1 = _norm(norm, d_model, norm_eps)
         self.mixer = layers.build(mixer, d_model, layer_idx=layer_idx, **mixer_opts)
-        self.norm2 = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm2 = _norm(norm, d_model, norm_eps)
         self.channel = layers.build(channel, d_model, kind="channel", **channel_opts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,26 +66,43 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2,
+    def __init__(self, vocab_size: int | None = None, d_model: int = 64, n_layers: int = 2,
                  pattern: Sequence[str] | str = "attention",
                  mixer_options: dict[str, dict[str, Any]] | None = None,
                  channel: str = "mlp", channel_options: dict[str, Any] | None = None,
-                 max_positions: int = 0, norm_eps: float = 1e-5) -> None:
+                 max_positions: int = 0, norm_eps: float = 1e-5, *, d_in: int | None = None,
+                 d_out: int | None = None, loops: int = 1, norm: str = "rms") -> None:
         super().__init__()
         pattern = [pattern] if isinstance(pattern, str) else list(pattern)
         if not pattern:
             raise ValueError("model: pattern must name at least one sequence mixer")
         if n_layers < 1:
             raise ValueError(f"model: n_layers must be >= 1, got {n_layers}")
+        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
+            raise ValueError(f"model: loops must be an int >= 1, got {loops!r}")
+        if norm not in NORMS:
+            raise ValueError(f"model: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if (vocab_size is None) == (d_in is None and d_out is None) or \
+                (vocab_size is None and (d_in is None or d_out is None)):
+            raise ValueError("model: give either vocab_size (tokens) or both d_in and d_out "
+                             f"(real vectors), got vocab_size={vocab_size}, d_in={d_in}, "
+                             f"d_out={d_out}")
         mixer_options = dict(mixer_options or {})
         unused = set(mixer_options) - set(pattern)
         if unused:
             raise ValueError(f"model: mixer_options given for {sorted(unused)}, which the "
                              f"pattern {pattern} does not use")
         self.vocab_size, self.d_model, self.pattern = vocab_size, d_model, pattern
-        self.embed = nn.Embedding(vocab_size, d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        self.embed.weight._no_weight_decay = True
+        self.d_in, self.d_out, self.loops = d_in, d_out, loops
+        self.continuous = vocab_size is None
+        if self.continuous:
+            self.embed = None
+            self.read_in = nn.Linear(d_in, d_model)
+            self.read_out = nn.Linear(d_model, d_out)
+        else:
+            self.embed = nn.Embedding(vocab_size, d_model)
+            nn.init.normal_(self.embed.weight, std=0.02)
+            self.embed.weight._no_weight_decay = True
         # Most mixers bring their own positions; a learned table is there for those that don't.
         self.pos = nn.Embedding(max_positions, d_model) if max_positions else None
         if self.pos is not None:
@@ -71,35 +110,46 @@ class Backbone(nn.Module):
             self.pos.weight._no_weight_decay = True
         self.blocks = nn.ModuleList(
             Block(d_model, pattern[i % len(pattern)], mixer_options.get(pattern[i % len(pattern)], {}),
-                  channel, dict(channel_options or {}), i, norm_eps)
+                  channel, dict(channel_options or {}), i, norm_eps, norm)
             for i in range(n_layers))
-        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm = _norm(norm, d_model, norm_eps)
+
+    def applied(self) -> list[Block]:
+        """The blocks in the order the forward pass applies them: the stack, ``loops`` times."""
+        return list(self.blocks) * self.loops
+
+    def _read(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream's start: token ids ``[...]`` embedded, or real vectors
+        ``[..., d_in]`` mapped in."""
+        return self.read_in(x) if self.continuous else self.embed(x)
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final-normed hidden states ``[B, T, D]``."""
-        h = self.embed(tokens)
+        """Final-normed hidden states ``[B, T, D]`` of token ids ``[B, T]`` (or of real vectors
+        ``[B, T, d_in]``)."""
+        h = self._read(tokens)
         if self.pos is not None:
             if tokens.shape[1] > self.pos.num_embeddings:
                 raise ValueError(f"model: sequence length {tokens.shape[1]} exceeds "
                                  f"max_positions={self.pos.num_embeddings}")
             h = h + self.pos.weight[: tokens.shape[1]]
-        for block in self.blocks:
+        for block in self.applied():
             h = block(h)
         return self.norm(h)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits for any ``[..., D]`` hidden states: call it on the supervised positions only."""
-        return h @ self.embed.weight.T
+        """Logits (or real outputs) for any ``[..., D]`` hidden states: call it on the
+        supervised positions only."""
+        return self.read_out(h) if self.continuous else h @ self.embed.weight.T
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(tokens))
 
     def _step(self, token: torch.Tensor, t: int, states: list[Any]) -> torch.Tensor:
         """Logits ``[B, V]`` after the token ``[B]`` at position ``t``; ``states`` advance."""
-        h = self.embed(token)  # [B, D]
+        h = self._read(token)  # [B, D]
         if self.pos is not None:
             h = h + self.pos.weight[t]
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.applied()):
             h, states[i] = block.step(h, states[i])
         return self.head(self.norm(h))
 
@@ -111,6 +161,8 @@ class Backbone(nn.Module):
         at a time by each mixer's recurrent ``step``. ``temperature`` 0 decodes greedily
         (argmax); above 0 it samples from ``softmax(logits / temperature)``, drawing from
         ``generator`` (so a seeded generator repeats a sample)."""
+        if self.continuous:
+            raise ValueError("generate: this model reads real vectors (d_in), not tokens")
         if tokens.ndim != 2 or tokens.shape[1] < 1:
             raise ValueError(f"generate: tokens must be [batch, prompt length >= 1], got "
                              f"shape {tuple(tokens.shape)}")
@@ -130,7 +182,7 @@ class Backbone(nn.Module):
         self.eval()
         try:
             dtype = self.embed.weight.dtype
-            states = [b.mixer.init_state(B, tokens.device, dtype) for b in self.blocks]
+            states = [b.mixer.init_state(B, tokens.device, dtype) for b in self.applied()]
             out = torch.empty(B, total, dtype=tokens.dtype, device=tokens.device)
             out[:, :P] = tokens
             # the last token needs no step: nothing is predicted after it
@@ -171,18 +223,23 @@ class Backbone(nn.Module):
         return {k: sum(map(float, v)) / len(v) for k, v in self._layer_reports("stats").items()}
 
     def state_size(self, seq_len: int) -> int:
-        """Theoretical state size (floats) of all sequence mixers at that length."""
-        return sum(int(m.state_size(seq_len)) for m in self.mixers())
+        """Theoretical state size (floats) of all sequence mixers at that length; a looped
+        model keeps one per application."""
+        return self.loops * sum(int(m.state_size(seq_len)) for m in self.mixers())
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.embed.weight.numel() + (self.pos.weight.numel() if self.pos is not None else 0)
+            n -= (self.embed.weight.numel() if self.embed is not None else 0) \
+                + (self.pos.weight.numel() if self.pos is not None else 0)
         return n
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Rough forward+backward FLOPs per token (6N plus attention-like mixing at 12 L D T)."""
-        return 6 * self.num_params(non_embedding=True) + 12 * len(self.blocks) * self.d_model * seq_len
+        """Rough forward+backward FLOPs per token (6N plus attention-like mixing at 12 L D T),
+        every loop counted."""
+        blocks = sum(p.numel() for p in self.blocks.parameters())
+        return 6 * (self.num_params(non_embedding=True) + (self.loops - 1) * blocks) \
+            + 12 * len(self.applied()) * self.d_model * seq_len
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -202,8 +259,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def model_kwargs(cfg: Any, vocab_size: int) -> dict[str, Any]:
-    """Backbone kwargs from the ``layer`` and ``model`` groups; the task gives ``vocab_size``."""
+def model_kwargs(cfg: Any, vocab_size: int | None = None, **io: int) -> dict[str, Any]:
+    """Backbone kwargs from the ``layer`` and ``model`` groups; the task gives what the model
+    reads and writes (``Task.io``: ``vocab_size``, or ``d_in`` and ``d_out``)."""
     layer = dict(cfg["layer"])
     name = layer.pop("name")
     model = dict(cfg["model"])
@@ -212,7 +270,8 @@ def model_kwargs(cfg: Any, vocab_size: int) -> dict[str, Any]:
     mixer_options = {k: dict(v) for k, v in (model.pop("mixer_options", None) or {}).items()}
     if name in pattern:
         mixer_options[name] = {**mixer_options.get(name, {}), **layer}
-    return {"vocab_size": vocab_size, "pattern": pattern, "mixer_options": mixer_options, **model}
+    given = {"vocab_size": vocab_size} if vocab_size is not None else {}
+    return {**given, **io, "pattern": pattern, "mixer_options": mixer_options, **model}
 
 
 def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -12,6 +12,15 @@ needs no task-specific branch (tasks/copying.py has both):
   row up to the first supervised position, writes as many tokens as the answer has by greedy
   ``Backbone.generate``, and those are scored as ``gen_acc``, ``gen_exact_match`` and
   ``gen_<subset>_...``, beside the teacher-forced figures.
+
+A continuous task (``tasks.ContinuousTask``: batches of real ``inputs``, ``targets`` and a
+``mask``) names its loss and its metrics itself: the module asks it for the training loss at
+the masked positions, for summed counts of each batch (``counts``; summed over batches and
+DDP ranks like the token counts) and for the metrics of those sums (``rates``). On the test
+sets it also scores the task's reference estimators on the same prompts (``baselines``:
+``<name>_<metric>``) and keeps the task's slices of a test set (``<m>@n=<i>``: the error at
+each number of in-context examples), reported as ``test/<m>@n=<i>`` for the trained length
+and ``test/<m>@n=<i>,len=<L>`` for each evaluation length.
 """
 
 from __future__ import annotations
@@ -66,15 +75,20 @@ class ZooModule(L.LightningModule):
         self.wall_before = 0.0
         self.wall_started = time.time()
 
-    def _forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _forward(self, batch: tuple[torch.Tensor, ...],
+                 task: Any = None) -> tuple[torch.Tensor, ...]:
+        if self.model.continuous:
+            x, y, mask = batch
+            out = self.model.head(self.model.hidden(x)[mask]).float()  # [M, d_out]: masked only
+            return _continuous(task).loss(out, y[mask]), out, y
         x, y = batch
         sel = y != tasks.IGNORE
         logits = self.model.head(self.model.hidden(x)[sel])  # [M, V]: supervised positions only
         loss = F.cross_entropy(logits.float(), y[sel])
         return loss, logits, y
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        loss, _, _ = self._forward(batch)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):
+        loss, _, _ = self._forward(batch, self._task())
         aux = self.model.aux_losses()
         total = loss + sum(aux.values()) if aux else loss
         if not torch.isfinite(total):
@@ -98,7 +112,7 @@ class ZooModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._train_seconds += time.perf_counter() - self._t0
-        self._train_tokens += batch[0].numel()
+        self._train_tokens += batch[0].shape[0] * batch[0].shape[1]  # positions, not floats
         self.train_examples += len(batch[0])
 
     @property
@@ -113,9 +127,12 @@ class ZooModule(L.LightningModule):
             return getattr(dm, "task", None)
         return (getattr(dm, "eval_tasks", None) or {}).get(self.eval_names[dataloader_idx])
 
-    def _accumulate(self, key: str, batch: tuple[torch.Tensor, torch.Tensor],
+    def _accumulate(self, key: str, batch: tuple[torch.Tensor, ...],
                     task: Any = None, free_running: bool = False) -> None:
-        loss, logits, y = self._forward(batch)
+        loss, logits, y = self._forward(batch, task)
+        if self.model.continuous:
+            self._add(key, _continuous_counts(task, batch, logits, test=free_running))
+            return
         c = _scored(tasks.predictions_at(y, logits.argmax(-1)), y, task)
         c["nll"] = float(loss) * c["total"]  # summed, so the mean is over every token
         if free_running and getattr(task, "generative", False):
@@ -144,12 +161,15 @@ class ZooModule(L.LightningModule):
             preds[rows, p:p + a] = out[:, p + 1:].to(preds.dtype)
         return preds
 
-    def _finish(self, key: str) -> dict[str, float]:
-        counts = self._counts.pop(key, None) or {k: 0.0 for k in COUNTS}
+    def _finish(self, key: str, task: Any = None) -> dict[str, float]:
+        empty = {} if self.model.continuous else {k: 0.0 for k in COUNTS}
+        counts = self._counts.pop(key, None) or empty
         names = sorted(counts)  # the same on every rank: the same tasks made the batches
         row = torch.tensor([counts[k] for k in names], dtype=torch.float64, device=self.device)
         row = self.trainer.strategy.reduce(row, reduce_op="sum")  # sums over DDP ranks
         summed = dict(zip(names, row.tolist()))
+        if self.model.continuous:
+            return _continuous(task).rates(summed) if summed else {}
         rates = tasks.rates({k: summed[k] for k in COUNTS})
         out = {k: rates[k] for k in self.report if k in rates}
         for prefix in sorted(k[:-len("correct")] for k in summed if k.endswith("correct")):
@@ -158,12 +178,12 @@ class ZooModule(L.LightningModule):
                 out.update({prefix + k: v for k, v in part.items()})
         return out
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         # free-running generation is scored on the test sets only: validation stays one pass
         self._accumulate("val", batch, self._task())
 
     def on_validation_epoch_end(self) -> None:
-        out = self._finish("val")
+        out = self._finish("val", self._task())
         for k, v in out.items():
             self.log(f"val/{k}", v, prog_bar=(k == self.report[0]), sync_dist=False)
             self.metrics[f"val/{k}"] = v
@@ -191,16 +211,17 @@ class ZooModule(L.LightningModule):
         """Wall seconds of the run over all its parts (a resumed run adds the killed one's)."""
         return self.wall_before + time.time() - self.wall_started
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int,
                   dataloader_idx: int = 0) -> None:
         self._accumulate(f"test{dataloader_idx}", batch, self._task(dataloader_idx),
                          free_running=True)
 
     def on_test_epoch_end(self) -> None:
         for i, name in enumerate(self.eval_names):
-            out = self._finish(f"test{i}")
+            out = self._finish(f"test{i}", self._task(i))
             for k, v in out.items():
-                self.metrics[f"test/{k}@{name}"] = v
+                metric, _, where = k.partition("@")  # a task's own slice goes first: n=3,len=40
+                self.metrics[f"test/{metric}@{where + ',' if where else ''}{name}"] = v
                 if i == 0:  # the training length is listed first
                     self.metrics[f"test/{k}"] = v
         for k, v in self.metrics.items():
@@ -229,3 +250,26 @@ def _scored(preds: torch.Tensor, y: torch.Tensor, task: Any,
         counts = tasks.accuracy_counts(preds, part)
         out.update({f"{prefix}{name}_{k}": v for k, v in counts.items()})
     return out
+
+
+def _continuous(task: Any) -> "tasks.ContinuousTask":
+    """The task that scores a batch of real vectors (it names the loss and the metrics)."""
+    if not getattr(task, "continuous", False):
+        raise RuntimeError("a model of real inputs (d_in) is scored by its continuous task; "
+                           "none was found on the datamodule")
+    return task
+
+
+def _continuous_counts(task: Any, batch: tuple[torch.Tensor, ...], out: torch.Tensor,
+                       test: bool) -> dict[str, float]:
+    """The task's counts of the model's outputs ``out [M, d_out]`` (at the mask); on a test
+    set also per slice, and those of each baseline on the same prompts (``<name>_<count>``)."""
+    x, y, mask = batch
+    task = _continuous(task)
+    pred = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
+    pred[mask] = out.detach().float()
+    counts = task.counts(pred, y, mask, slices=test)
+    if test:
+        for name, base in task.baselines(x, mask).items():
+            counts.update(task.counts(base, y, mask, prefix=f"{name}_", slices=True))
+    return counts

@@ -8,6 +8,9 @@ except the ESS study, whose points are every trained model).
     length_generalisation.png   accuracy against evaluation length, the training length marked
     ess_vs_accuracy.png         the headline suite's slice accuracy against ESS and TSS per
                                 key-value pair: all mixers, fixed-state, growing-state
+    icl_by_examples.png         in-context tasks (icl_*): test error (or accuracy) against the
+                                number of examples before the query, a line per architecture,
+                                the task's reference estimators dashed (Garg et al.'s plot)
 
 One colour (and marker) per architecture label in every figure. ``planned`` says which files
 a board yields without drawing (``--check`` uses it); ``draw_all`` draws them. PNGs carry no
@@ -18,14 +21,15 @@ matplotlib.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .ess_study import FIXED, GROWING
 from .labels import train_length
-from .selection import Board, Row, by_setting, by_suite
+from .selection import Board, Row, by_setting, by_suite, icl_groups, reference_estimators
 
 PNG_META = {"Software": None}
 HEADLINE = "recall_vs_state_size.png"
+ICL = "icl_by_examples.png"
 MARKERS = "os^Dv<>P"
 PANEL_W, PANEL_H = 4.2, 3.4  # inches
 
@@ -54,6 +58,9 @@ def planned(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
     if board.recall and board.study.get(board.recall):
         out.append((f"Slice accuracy against ESS and TSS per key-value pair: suite "
                     f"{board.recall}", out_dir / "ess_vs_accuracy.png"))
+    if icl_groups(board.rows):
+        out.append(("In-context learning: test error (accuracy) against the number of "
+                    "examples, a line per model, the estimators dashed", out_dir / ICL))
     return out
 
 
@@ -65,10 +72,11 @@ def styles(labels: list[str], plt: Any) -> dict[str, tuple[Any, str]]:
             for i, lab in enumerate(labels)}
 
 
-def _grid(n: int, plt: Any, cols: int = 3) -> tuple[Any, list[Any]]:
+def _grid(n: int, plt: Any, cols: int = 3, width: float = PANEL_W,
+          height: float = PANEL_H) -> tuple[Any, list[Any]]:
     cols = min(n, cols)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_W * cols, PANEL_H * rows),
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows),
                              squeeze=False)
     flat = [a for row in axes for a in row]
     for a in flat[n:]:
@@ -77,18 +85,19 @@ def _grid(n: int, plt: Any, cols: int = 3) -> tuple[Any, list[Any]]:
 
 
 def _finish(fig: Any, style: dict[str, tuple[Any, str]], shown: set[str], plt: Any,
-            path: Path, title: str | None = None) -> None:
-    """A title above and one legend (a colour per label shown) below the panels; fixed
-    margins (tight_layout costs a full draw); save; free the figure."""
+            path: Path, title: str | None = None, extra: Sequence[Any] = (),
+            left: float = 0.07) -> None:
+    """A title above and one legend (a colour per label shown, then ``extra`` handles) below
+    the panels; fixed margins (tight_layout costs a full draw); save; free the figure."""
     handles = [plt.Line2D([], [], color=c, marker=m, ls="-", ms=5, label=lab)
-               for lab, (c, m) in sorted(style.items()) if lab in shown]
+               for lab, (c, m) in sorted(style.items()) if lab in shown] + list(extra)
     ncol = max(1, min(len(handles), int(fig.get_figwidth() // 2.1)))
     legend_rows = -(-len(handles) // ncol)
     height = fig.get_figheight()
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.07, right=0.98, top=1 - (0.65 if title else 0.35) / height,
+    fig.subplots_adjust(left=left, right=0.98, top=1 - (0.65 if title else 0.35) / height,
                         bottom=(0.55 + 0.2 * legend_rows) / height, wspace=0.3, hspace=0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata=PNG_META)
@@ -192,6 +201,47 @@ def _ess(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) 
     _finish(fig, style, {p["label"] for p in pts}, plt, path)
 
 
+ESTIMATOR_LINES = ("--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)),
+                   (0, (3, 1, 1, 1, 1, 1)), (0, (2, 2)))
+
+
+def _icl(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) -> None:
+    groups = icl_groups(board.rows)
+    fig, axes = _grid(len(groups), plt, cols=2, width=6.4, height=4.2)
+    names: list[str] = []  # an estimator's line style is its place here, in every panel
+    for ax, (suite, task, setting, rows) in zip(axes, groups):
+        metric = rows[0].own_metric
+        same: dict[str, list[str]] = {}  # least squares is ridge without noise: drawn once
+        refs = reference_estimators(rows)
+        for name, curve in refs.items():
+            first = next((k for k in same if refs[k] == curve), None)
+            same.setdefault(first or name, []).extend([] if first is None else [name])
+        for name, others in same.items():
+            tag = " = ".join([name, *others])
+            if tag not in names:
+                names.append(tag)
+            curve = refs[name]
+            ax.plot(list(curve), list(curve.values()), color="0.25", lw=1,
+                    ls=ESTIMATOR_LINES[names.index(tag) % len(ESTIMATOR_LINES)])
+        for r in rows:
+            pts = r.by_examples()
+            c, m = style[r.label]
+            ax.plot(list(pts), [s[0] for s in pts.values()], color=c, marker=m, ms=3, lw=1)
+        _axes(ax, f"{task} ({suite or 'no suite'})\n{setting}", "in-context examples n",
+              f"test {metric}", logx=False)
+        ax.title.set_fontsize(7)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        if metric == "mse":
+            ax.set_ylim(0, 1.3)  # averaging's error near n = 0 runs far above
+        else:
+            ax.set_ylim(0.45, 1.0)
+    extra = [plt.Line2D([], [], color="0.25", lw=1, label=f"{n} (estimator)",
+                        ls=ESTIMATOR_LINES[i % len(ESTIMATOR_LINES)])
+             for i, n in enumerate(names)]
+    _finish(fig, style, {r.label for g in groups for r in g[3]}, plt, path, extra=extra,
+            left=0.1)
+
+
 def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
     import matplotlib
     matplotlib.use("Agg")
@@ -200,7 +250,7 @@ def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
     todo = planned(board, out_dir)
     style = styles(board.labels, plt)
     draw = {HEADLINE: _recall, "accuracy_vs_state_size.png": _state,
-            "length_generalisation.png": _lengths, "ess_vs_accuracy.png": _ess}
+            "length_generalisation.png": _lengths, "ess_vs_accuracy.png": _ess, ICL: _icl}
     for _, path in todo:
         draw[path.name](board, style, plt, path)
     return todo

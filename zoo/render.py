@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from .ess_study import FIXED, GROWING, verdict
 from .labels import train_length
-from .selection import Board, Row, by_setting, by_suite, performance, swept, variant_order
+from .selection import (Board, Row, by_setting, by_suite, icl_groups, performance,
+                        reference_estimators, shared_stat, swept, variant_order)
 
 SHORT = {"assoc_recall": "MQAR", "copying": "copy", "induction": "induction",
          "memorization": "memorize", "selective_copying": "sel. copy", "state_size": "kv slices",
@@ -144,22 +145,29 @@ def matrix_section(board: Board) -> list[str]:
 
 def _setting_table(rows: list[Row], budget_column: bool) -> list[str]:
     ppl = any(r.stat("test/ppl") for r in rows)
+    # a task's own error, where it is selected on one (in-context regression: mse): the
+    # leading column, lower is better, and no accuracy column where none has one
+    own = sorted({r.own_metric for r in rows} - {"acc", "exact_match", "ppl"})[:1]
+    if own and not any(r.stat(f"test/{own[0]}") for r in rows):
+        own = []
+    accs = not own or any(r.test for r in rows)
     kvs = sorted({v for r in rows for v in r.variants("kv=")},
                  key=lambda v: int(v[3:]) if v[3:].isdigit() else 0)
     exact = any(r.selected_on == "val/exact_match" for r in rows)
     val = sorted({r.selected_on.split("/", 1)[-1] for r in rows})
 
     def order(r: Row) -> tuple:
-        if ppl:
-            head = r.stat("test/ppl")[0] if r.stat("test/ppl") else float("inf")
+        lower = "ppl" if ppl else (own[0] if own else None)
+        if lower:
+            head = r.stat(f"test/{lower}")[0] if r.stat(f"test/{lower}") else float("inf")
         else:
             head = -r.test[0] if r.test else 1.0
         return (head, r.label, r.width or 0)
 
     rows = sorted(rows, key=order)
     several = len({r.width for r in rows}) > 1
-    header = (["architecture"] + ["d"] * several + ["test ppl"] * ppl + ["test acc"]
-              + ["test exact"] * exact + kvs
+    header = (["architecture"] + ["d"] * several + ["test ppl"] * ppl
+              + [f"test {m}" for m in own] + ["test acc"] * accs + ["test exact"] * exact + kvs
               + ["n", "val " + val[0] if len(val) == 1 else "val", "state B", "params",
                  "chosen", "stop", "failed"]
               + ["budget"] * budget_column)
@@ -168,14 +176,14 @@ def _setting_table(rows: list[Row], budget_column: bool) -> list[str]:
         sel = r.stat(r.selected_on)
         lines.append(
             [r.label] + [str(r.width or "–")] * several + [acc(r.stat("test/ppl"))] * ppl
-            + [acc(r.test)]
+            + [acc(r.stat(f"test/{m}")) for m in own] + [acc(r.test)] * accs
             + [acc(r.stat("test/exact_match"))] * exact
             + [acc(r.stat(f"test/acc@{v}"), False) for v in kvs]
             + [str(r.n), acc(sel, False), si(r.state_bytes), si(r.first("params")),
                _choices(r) if r.chosen else "–", r.stops or "–", str(r.failed)]
             + [r.budget] * budget_column)
-    j = 1 + several  # the leading metric: test ppl, else test acc
-    for ln, cell in zip(lines, _bold_best([ln[j] for ln in lines], not ppl)):
+    j = 1 + several  # the leading metric: test ppl, else the task's own error, else test acc
+    for ln, cell in zip(lines, _bold_best([ln[j] for ln in lines], not (ppl or own))):
         ln[j] = cell
     return _table(header, lines)
 
@@ -251,13 +259,61 @@ def _variant_tables(board: Board) -> list[str]:
     for suite, rows in by_suite(board.rows).items():
         for (task, setting), group in by_setting(rows).items():
             names = sorted({v for r in group for v in r.variants("")
-                            if not v.startswith(("len=", "kv="))}, key=variant_order)
+                            if not v.startswith(("len=", "kv=", "n="))}, key=variant_order)
             group = [r for r in group if any(r.stat(f"test/acc@{v}") for v in names)]
             if group:
                 lines += [_title(suite, task, setting), ""] + _slice_table(group, names, names)
     if not lines:
         return []
     return ["### Test accuracy by variant", "", VARIANTS_NOTE, ""] + lines
+
+
+ICL_NOTE = ("Where a task scores every number of in-context examples `n` before the query "
+            "(`icl_*`): the selected runs' test error (mse, squared error over E|w|^2) or "
+            "accuracy at each `n` (a few of them here, all in the figure; `all`: every "
+            "scored query), mean over seeds, then the task's reference estimators on the "
+            "same test prompts (tasks/icl.py: ridge, least squares, one gradient step with "
+            "the best step per `n` or one shared step, averaging, each on the query's own "
+            "segment too (`_task`); for the mixture the supervised-only estimator and its EM "
+            "iterates).")
+
+
+def shown_examples(ns: list[int], most: int = 12) -> list[int]:
+    """Every ``n`` where few; else 0, the powers of two and the last."""
+    if len(ns) <= most:
+        return ns
+    keep = {ns[0], ns[-1]} | {n for n in ns if n == 0 or n & (n - 1) == 0}
+    return [n for n in ns if n in keep]
+
+
+def _icl_tables(board: Board) -> list[str]:
+    lines: list[str] = []
+    for suite, task, setting, group in icl_groups(board.rows):
+        metric, higher = group[0].own_metric, group[0].higher
+        curves = {r.key: r.by_examples() for r in group}
+        refs = reference_estimators(group)
+        ns = shown_examples(sorted({n for c in curves.values() for n in c}
+                                   | {n for c in refs.values() for n in c}))
+        several = len({r.width for r in group}) > 1
+        body = []
+        for r in sorted(group, key=lambda r: ((-1 if higher else 1) * r.stat(
+                f"test/{metric}")[0] if r.stat(f"test/{metric}") else float("inf"), r.label)):
+            body.append([r.label] + [str(r.width or "–")] * several
+                        + [acc(curves[r.key].get(n), False) for n in ns]
+                        + [acc(r.stat(f"test/{metric}"), False)])
+        for j in range(1 + several, len(ns) + 2 + several):  # the best model per column
+            for ln, cell in zip(body, _bold_best([ln[j] for ln in body], higher)):
+                ln[j] = cell
+        for name, curve in refs.items():
+            body.append([f"*{name}* (estimator)"] + ["–"] * several
+                        + [f"{curve[n]:.3f}" if n in curve else "–" for n in ns]
+                        + [acc(shared_stat(group, f"test/{name}_{metric}"), False)])
+        lines += [_title(suite, task, setting) + f": test {metric} by examples n", ""]
+        lines += _table(["architecture"] + ["d"] * several + [f"n={n}" for n in ns] + ["all"],
+                        body)
+    if not lines:
+        return []
+    return ["### In-context learning: by number of examples", "", ICL_NOTE, ""] + lines
 
 
 def _study_table(board: Board) -> list[str]:
@@ -309,7 +365,7 @@ def render(board: Board, plots: Sequence[tuple[str, str]] = ()) -> str:
                   None)
     lines = head + headline(board, figure) + matrix_section(board) + suite_sections(board)
     lines += ["## Details", ""] + _length_tables(board) + _variant_tables(board) \
-        + _study_table(board) + _performance(board)
+        + _icl_tables(board) + _study_table(board) + _performance(board)
     if plots:
         lines += ["### Plots", ""] + [f"- [{t}]({p})" for t, p in plots] + [""]
     if recs.problems:

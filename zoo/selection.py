@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -269,6 +270,16 @@ class Row:
         return sorted(names, key=variant_order)
 
     @property
+    def own_metric(self) -> str:
+        """The metric the row is selected on, without its ``val/``: ``acc``, ``ppl``, ``mse``."""
+        return self.selected_on.split("/", 1)[-1]
+
+    def by_examples(self, prefix: str = "") -> dict[int, tuple[float, float, int]]:
+        """The selected runs' ``test/<prefix><own metric>@n=<i>`` (the error or accuracy at
+        each number of in-context examples) by ``i``; empty for a task without such slices."""
+        return per_example(self.chosen, f"test/{prefix}{self.own_metric}")
+
+    @property
     def stops(self) -> str:
         """How the selected runs stopped, e.g. ``2S 1M`` (S solved, P plateau, M max_steps,
         N non-finite, ? not recorded)."""
@@ -280,6 +291,46 @@ class Row:
     @property
     def budget(self) -> str:
         return budget(self.chosen or self.runs)
+
+
+def per_example(recs: list[dict[str, Any]], key: str) -> dict[int, tuple[float, float, int]]:
+    """``key@n=<i>`` over ``recs`` (mean, std, count) by ``i``."""
+    ns = {int(k[len(key) + 3:]) for r in recs for k in r["metrics"]
+          if k.startswith(f"{key}@n=") and k[len(key) + 3:].isdigit()}
+    return {n: s for n in sorted(ns) if (s := stat(recs, f"{key}@n={n}"))}
+
+
+def reference_estimators(rows: list[Row]) -> dict[str, dict[int, float]]:
+    """The reference estimators an in-context task scores beside the models on the same test
+    prompts (``test/<name>_<metric>@n=<i>``: ridge, one gradient step, EM, ...), by name and
+    ``i``: the same prompts for one seed, so one value per seed of the rows' selected runs,
+    averaged over seeds."""
+    metric = rows[0].own_metric if rows else ""
+    pattern = re.compile(rf"^test/(\w+)_{re.escape(metric)}@n=(\d+)$")
+    values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for metrics in seed_metrics(rows):
+        for k, v in metrics.items():
+            m = pattern.match(k)
+            if m and finite(v):
+                values[m.group(1)][int(m.group(2))].append(v)
+    return {name: {n: statistics.fmean(vs) for n, vs in sorted(by_n.items())}
+            for name, by_n in sorted(values.items())}
+
+
+def seed_metrics(rows: list[Row]) -> list[dict[str, Any]]:
+    """The metrics of one selected run per seed of ``rows`` (the first): for figures that are
+    the same for every architecture tested on one seed's prompts."""
+    per_seed: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        for r in row.chosen:
+            per_seed.setdefault(r["seed"], r["metrics"])
+    return [per_seed[k] for k in sorted(per_seed, key=str)]
+
+
+def shared_stat(rows: list[Row], metric: str) -> tuple[float, float, int] | None:
+    """A figure the same for every architecture on one seed's test prompts (an estimator's
+    score), over the seeds of ``rows``."""
+    return stat([{"metrics": m} for m in seed_metrics(rows)], metric)
 
 
 def variant_order(name: str) -> tuple:
@@ -356,6 +407,18 @@ def by_setting(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
     for row in rows:
         out.setdefault((row.task, row.setting), []).append(row)
     return dict(sorted(out.items()))
+
+
+def icl_groups(rows: list[Row]) -> list[tuple[str | None, str, str, list[Row]]]:
+    """(suite, task, setting, rows) of every setting whose runs are scored at each number of
+    in-context examples (``test/<m>@n=<i>``)."""
+    out = []
+    for suite, srows in by_suite(rows).items():
+        for (task, setting), group in by_setting(srows).items():
+            group = [r for r in group if r.by_examples()]
+            if group:
+                out.append((suite, task, setting, group))
+    return out
 
 
 def selection_stages() -> set[str]:

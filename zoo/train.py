@@ -54,6 +54,9 @@ log = logging.getLogger("zoo.train")
 OmegaConf.register_new_resolver("zoo_uid", lambda: uuid.uuid4().hex[:6], use_cache=True,
                                 replace=True)
 
+# Model knobs newer than the first records, left out of a config at these values (the model
+# every earlier record trained), so the configs and keys of earlier runs stay what they were.
+NEWER_MODEL_KNOBS = {"loops": 1, "norm": "rms"}
 STOP_REASONS = ("solved", "plateau", "max_steps", "non_finite")
 # Environment variables under which a process is a non-zero rank of a data-parallel run.
 RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK")
@@ -184,7 +187,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config a run records and hashes into its key. A run from scratch leaves
-    ``ckpt_path`` out, so its config and key are what they were before that knob existed.
+    ``ckpt_path`` out, and a model ``model.loops`` and ``model.norm`` at their defaults (an
+    unlooped, RMS-normed model), so their configs and keys are what they were before those
+    knobs existed.
 
     A hybrid's mixers other than ``layer`` take their options from their own
     ``configs/layer/<name>.yaml`` (what ``layer=<name>`` would give them), overridden by
@@ -194,6 +199,10 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     if cfg_dict.get("ckpt_path") is None:
         cfg_dict.pop("ckpt_path", None)
     model, layer = cfg_dict.get("model"), cfg_dict.get("layer")
+    if isinstance(model, dict):
+        for knob, plain in NEWER_MODEL_KNOBS.items():
+            if knob in model and model[knob] == plain and type(model[knob]) is type(plain):
+                model.pop(knob)
     if isinstance(model, dict) and isinstance(layer, dict):
         pattern = model.get("pattern") or []
         pattern = [pattern] if isinstance(pattern, str) else pattern
@@ -280,11 +289,13 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     layer_name = cfg.layer.name
     task_name, knobs, sizes = split_task_config(cfg_dict["task"])
     task = tasks.build(task_name, **knobs)
-    mkw = model_kwargs(cfg_dict, task.vocab_size)
+    mkw = model_kwargs(cfg_dict, **task.io)
     dm = TaskDataModule(task, seed=cfg.seed, **sizes)
     es = cfg_dict["early_stopping"]
     if not es["monitor"]:  # the task's own selection metric, recorded as resolved
         es["monitor"], es["mode"] = f"val/{task.monitor[0]}", task.monitor[1]
+        if not task.threshold_applies:  # an error with no solved level: budget or plateau
+            es["stopping_threshold"] = None
 
     resume_from, resumed_step = None, 0
     if cfg.get("resume"):

@@ -264,11 +264,15 @@ def eval_tasks(cfg: dict[str, Any], task: tasks.Task) -> list[tasks.Task]:
 
 
 def _check_model(cfg: dict[str, Any], task: tasks.Task) -> None:
-    from .model import Backbone, model_kwargs  # torch, not Lightning
+    from .model import NORMS, Backbone, model_kwargs  # torch, not Lightning
 
     check_int(cfg, "model.d_model", 1)
     check_int(cfg, "model.n_layers", 1)
     check_int(cfg, "model.max_positions", 0)
+    if _get(cfg, "model.loops") is not None:
+        check_int(cfg, "model.loops", 1)
+    if _get(cfg, "model.norm") is not None:
+        check_choice(cfg, "model.norm", NORMS)
     layer = cfg.get("layer") or {}
     name = layer.get("name")
     if name not in layers.names():
@@ -309,7 +313,7 @@ def _check_model(cfg: dict[str, Any], task: tasks.Task) -> None:
             raise ConfigError("model.max_positions", max_pos,
                               f"must be >= the longest sequence the run tests on ({longest}, "
                               f"from task.seq_len and task.eval_lengths)")
-    model = _owned("model", lambda: Backbone(**model_kwargs(cfg, task.vocab_size)))
+    model = _owned("model", lambda: Backbone(**model_kwargs(cfg, **task.io)))
     _check_start(cfg, model)
 
 

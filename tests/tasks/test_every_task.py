@@ -39,6 +39,9 @@ SETTINGS = {
 }
 NO_ORACLE = {"lm"}
 ORACLE_SETTINGS = [s for s in SETTINGS if s.split("-")[0] not in NO_ORACLE]
+# Tasks of real vectors (no tokens, no vocabulary, no oracle to score 100%): their generators,
+# splits and estimators are checked in tests/tasks/test_icl.py.
+CONTINUOUS = {"icl_regression", "icl_multitask", "icl_gmm"}
 
 
 def make(setting: str) -> tasks.Task:
@@ -50,7 +53,9 @@ def generate(task: tasks.Task, n: int = 400, seed: int = 0):
 
 
 def test_every_registered_task_is_covered():
-    assert {s.split("-")[0] for s in SETTINGS} == set(tasks.names())
+    assert {s.split("-")[0] for s in SETTINGS} | CONTINUOUS == set(tasks.names())
+    assert {n for n in tasks.names() if tasks.build(n, **SETTINGS.get(n, {})).continuous} \
+        == CONTINUOUS
 
 
 @pytest.mark.parametrize("setting", SETTINGS)

@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from omegaconf import OmegaConf
+
 import layers
 import tasks
+from zoo.config import split_task_config
 from zoo.model import model_kwargs
 from zoo.model import Backbone
 
@@ -37,5 +40,6 @@ GROUP_FILES = sorted(p for p in CONFIGS.glob("*/*.yaml"))
 def test_every_group_option_composes(make_cfg, path):
     cfg = make_cfg(f"{path.parent.name}={path.stem}")
     if path.parent.name in ("layer", "model", "task"):
-        kw = model_kwargs(cfg, vocab_size=cfg.task.vocab_size)
+        name, knobs, _ = split_task_config(OmegaConf.to_container(cfg.task))
+        kw = model_kwargs(cfg, **tasks.build(name, **knobs).io)
         Backbone(**{**kw, "d_model": 64})
