@@ -78,10 +78,35 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+# Knobs added after records existed, each with the value at which it changes nothing: a config
+# holding one at that value has the identity it had before the knob existed (a sweep resumed
+# by newer code skips what older code finished, and two-stage selection sees both).
+NEUTRAL = {("ckpt_path",): None, ("model", "loops"): 1, ("model", "norm"): "rms"}
+
+
+def without_neutral(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the ``NEUTRAL`` knobs that sit at their neutral value."""
+    out = dict(config)
+    for path, plain in NEUTRAL.items():
+        parent = out
+        for part in path[:-1]:
+            child = parent.get(part)
+            if not isinstance(child, dict):
+                break
+            parent[part] = child = dict(child)
+            parent = child
+        else:
+            v = parent.get(path[-1], ...)
+            if v is not ... and v == plain and type(v) is type(plain):
+                del parent[path[-1]]
+    return out
+
+
 def config_key(config: dict[str, Any]) -> str:
-    """A run's identity: a hash of its resolved config without the bookkeeping keys (the seed
-    is part of it). Two runs with the same key compute the same thing."""
-    core = {k: v for k, v in config.items() if k not in BOOKKEEPING}
+    """A run's identity: a hash of its resolved config without the bookkeeping keys and the
+    knobs at their neutral values (the seed is part of it). Two runs with the same key compute
+    the same thing."""
+    core = {k: v for k, v in without_neutral(config).items() if k not in BOOKKEEPING}
     text = json.dumps(core, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import split_task_config
 from .labels import label, layer_defaults
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
-                     package_versions, write_record)
+                     package_versions, without_neutral, write_record)
 from .validate import ConfigError, check
 
 log = logging.getLogger("zoo.train")
@@ -54,9 +54,6 @@ log = logging.getLogger("zoo.train")
 OmegaConf.register_new_resolver("zoo_uid", lambda: uuid.uuid4().hex[:6], use_cache=True,
                                 replace=True)
 
-# Model knobs newer than the first records, left out of a config at these values (the model
-# every earlier record trained), so the configs and keys of earlier runs stay what they were.
-NEWER_MODEL_KNOBS = {"loops": 1, "norm": "rms"}
 STOP_REASONS = ("solved", "plateau", "max_steps", "non_finite")
 # Environment variables under which a process is a non-zero rank of a data-parallel run.
 RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK")
@@ -186,23 +183,17 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config a run records and hashes into its key. A run from scratch leaves
-    ``ckpt_path`` out, and a model ``model.loops`` and ``model.norm`` at their defaults (an
-    unlooped, RMS-normed model), so their configs and keys are what they were before those
+    """The resolved config a run records and hashes into its key, without the knobs newer than
+    the first records that sit at their neutral value (``record.NEUTRAL``: no ``ckpt_path``,
+    an unlooped, RMS-normed model), so configs and keys are what they were before those
     knobs existed.
 
     A hybrid's mixers other than ``layer`` take their options from their own
     ``configs/layer/<name>.yaml`` (what ``layer=<name>`` would give them), overridden by
     ``model.mixer_options[<name>]``, and the record holds them all: ``[gla, attention]`` is the
     zoo's gla and the zoo's attention, and the record says so."""
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    if cfg_dict.get("ckpt_path") is None:
-        cfg_dict.pop("ckpt_path", None)
+    cfg_dict = without_neutral(OmegaConf.to_container(cfg, resolve=True))
     model, layer = cfg_dict.get("model"), cfg_dict.get("layer")
-    if isinstance(model, dict):
-        for knob, plain in NEWER_MODEL_KNOBS.items():
-            if knob in model and model[knob] == plain and type(model[knob]) is type(plain):
-                model.pop(knob)
     if isinstance(model, dict) and isinstance(layer, dict):
         pattern = model.get("pattern") or []
         pattern = [pattern] if isinstance(pattern, str) else pattern

@@ -62,3 +62,21 @@ def test_mean_over_seeds_and_min_mode(tmp_path):
 def test_no_stage_one_runs_is_a_lookup_error(tmp_path):
     with pytest.raises(LookupError, match="suite 's1'"):
         select_lr(BASE, tmp_path, "s1", "acc", "max")
+
+
+def test_neutral_knobs_keep_a_configs_identity_and_its_stage(tmp_path):
+    """A knob added after records existed, at its neutral value (no ckpt_path, one loop, RMS
+    norm), leaves the key and the stage key as they were: stage 1 run by older code still
+    chooses stage 2's rate."""
+    from zoo.record import config_key
+    newer = copy.deepcopy(BASE)
+    newer["ckpt_path"] = None
+    newer["model"].update(loops=1, norm="rms")
+    assert config_key(newer) == config_key(BASE) and stage_key(newer) == stage_key(BASE)
+    looped = copy.deepcopy(BASE)
+    looped["model"]["loops"] = 2
+    assert config_key(looped) != config_key(BASE)
+    _record(tmp_path, 1, 3e-3, [[100, 0.9]], ckpt_path=None)  # written by newer code
+    _record(tmp_path, 2, 1e-3, [[100, 0.5]])
+    lr, evidence = select_lr(BASE, tmp_path, "s1", "acc", "max")
+    assert lr == 3e-3 and sorted(evidence["rates"]) == ["0.001", "0.003"]
