@@ -48,6 +48,9 @@ from .record import (config_key, device_info, find_finished, git_sha, new_run_id
 from .validate import ConfigError, check
 
 log = logging.getLogger("zoo.train")
+# The commit of the code this process imported (a sweep's workers import it once and keep it,
+# whatever the tree holds later): what a record names as its code.
+CODE_SHA = git_sha()
 
 # The run directory's suffix (configs/train.yaml): two runs started in the same second get
 # two directories. Cached, so every read of the directory within a run agrees.
@@ -156,7 +159,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     ``checkpoint_dir/<task>/<layer>/<config key>/``: restarting a killed sweep redoes nothing
     that finished. Either way, a run whose identical config is running now skips.
     """
-    started, sha = time.time(), git_sha()  # the code as it was when the run began
+    started, sha = time.time(), CODE_SHA
+    if git_sha() != sha:  # a long-lived sweep worker: the tree moved since it imported the code
+        log.warning("the source tree is at %s but this process runs the code of %s (imported "
+                    "earlier): recording %s", git_sha(), sha, sha)
     cfg_dict = run_config(cfg)
     check(cfg_dict)  # every knob, before any import of Lightning and before any work
     start = _start_point(cfg_dict)
