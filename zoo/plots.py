@@ -21,7 +21,7 @@ matplotlib.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .ess_study import FIXED, GROWING
 from .labels import train_length
@@ -85,12 +85,11 @@ def _grid(n: int, plt: Any, cols: int = 3, width: float = PANEL_W,
 
 
 def _finish(fig: Any, style: dict[str, tuple[Any, str]], shown: set[str], plt: Any,
-            path: Path, title: str | None = None, extra: Sequence[Any] = (),
-            left: float = 0.07) -> None:
-    """A title above and one legend (a colour per label shown, then ``extra`` handles) below
-    the panels; fixed margins (tight_layout costs a full draw); save; free the figure."""
+            path: Path, title: str | None = None, left: float = 0.07) -> None:
+    """A title above and one legend (a colour per label shown) below the panels; fixed
+    margins (tight_layout costs a full draw); save; free the figure."""
     handles = [plt.Line2D([], [], color=c, marker=m, ls="-", ms=5, label=lab)
-               for lab, (c, m) in sorted(style.items()) if lab in shown] + list(extra)
+               for lab, (c, m) in sorted(style.items()) if lab in shown]
     ncol = max(1, min(len(handles), int(fig.get_figwidth() // 2.1)))
     legend_rows = -(-len(handles) // ncol)
     height = fig.get_figheight()
@@ -208,21 +207,17 @@ ESTIMATOR_LINES = ("--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)),
 def _icl(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) -> None:
     groups = icl_groups(board.rows)
     fig, axes = _grid(len(groups), plt, cols=2, width=6.4, height=4.2)
-    names: list[str] = []  # an estimator's line style is its place here, in every panel
     for ax, (suite, task, setting, rows) in zip(axes, groups):
         metric = rows[0].own_metric
-        same: dict[str, list[str]] = {}  # least squares is ridge without noise: drawn once
         refs = reference_estimators(rows)
+        same: dict[str, list[str]] = {}  # least squares is ridge without noise: drawn once
         for name, curve in refs.items():
             first = next((k for k in same if refs[k] == curve), None)
             same.setdefault(first or name, []).extend([] if first is None else [name])
-        for name, others in same.items():
-            tag = " = ".join([name, *others])
-            if tag not in names:
-                names.append(tag)
-            curve = refs[name]
-            ax.plot(list(curve), list(curve.values()), color="0.25", lw=1,
-                    ls=ESTIMATOR_LINES[names.index(tag) % len(ESTIMATOR_LINES)])
+        for i, (name, others) in enumerate(same.items()):
+            ax.plot(list(refs[name]), list(refs[name].values()), color="0.2", lw=1,
+                    ls=ESTIMATOR_LINES[i % len(ESTIMATOR_LINES)],
+                    label=" = ".join([name, *others]))
         for r in rows:
             pts = r.by_examples()
             c, m = style[r.label]
@@ -231,15 +226,11 @@ def _icl(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) 
               f"test {metric}", logx=False)
         ax.title.set_fontsize(7)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        if metric == "mse":
-            ax.set_ylim(0, 1.3)  # averaging's error near n = 0 runs far above
-        else:
-            ax.set_ylim(0.45, 1.0)
-    extra = [plt.Line2D([], [], color="0.25", lw=1, label=f"{n} (estimator)",
-                        ls=ESTIMATOR_LINES[i % len(ESTIMATOR_LINES)])
-             for i, n in enumerate(names)]
-    _finish(fig, style, {r.label for g in groups for r in g[3]}, plt, path, extra=extra,
-            left=0.1)
+        # averaging's error near n = 0 runs far above the rest
+        ax.set_ylim(*((0, 1.3) if metric == "mse" else (0.45, 1.0)))
+        ax.legend(fontsize=6, frameon=False, title="estimators", title_fontsize=6,
+                  loc="upper right" if metric == "mse" else "lower right")
+    _finish(fig, style, {r.label for g in groups for r in g[3]}, plt, path, left=0.1)
 
 
 def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
