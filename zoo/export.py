@@ -16,7 +16,7 @@ from typing import Any
 from .labels import label, layer_sequence, width
 from .selection import Records, flat
 
-LEAD = ("path", "counted", "duplicate_of", "run_id", "suite", "task", "label", "width",
+LEAD = ("path", "counted", "duplicate_of", "superseded_by", "run_id", "suite", "task", "label", "width",
         "layers", "status", "stop_reason", "seed")
 
 
@@ -28,8 +28,9 @@ def table(records: Records) -> list[dict[str, Any]]:
     out = []
     for path, rec in records.entries:
         cfg = rec["config"]
-        row = {"path": path, "counted": path not in records.duplicate_of,
-               "duplicate_of": records.duplicate_of.get(path, ""), "suite": cfg.get("suite"),
+        row = {"path": path, "counted": records.is_counted(path),
+               "duplicate_of": records.duplicate_of.get(path, ""),
+               "superseded_by": records.superseded.get(path, ""), "suite": cfg.get("suite"),
                "label": label(cfg), "width": width(cfg), "layers": ",".join(layer_sequence(cfg))}
         row.update({k: _cell(v) for k, v in flat(rec).items() if k not in row})
         out.append(row)

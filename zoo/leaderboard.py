@@ -70,6 +70,10 @@ def report(b: Board) -> None:
         print(f"ignored {len(recs.duplicate_of)} duplicate records:",
               *(f"{d} (counted: {k})" for d, k in sorted(recs.duplicate_of.items())),
               sep="\n  ", file=sys.stderr)
+    if recs.superseded:
+        print(f"{len(recs.superseded)} records superseded by a longer run of the same config:",
+              *(f"{d} (counted: {k})" for d, k in sorted(recs.superseded.items())),
+              sep="\n  ", file=sys.stderr)
 
 
 def default_out(results: str, suite: str | None) -> Path:

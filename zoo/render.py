@@ -359,7 +359,9 @@ def render(board: Board, plots: Sequence[tuple[str, str]] = ()) -> str:
     head = [f"# Leaderboard", "",
             f"Built by `python -m zoo.leaderboard` from the {n} run records{evals} in "
             f"`{board.source}/` ({len(recs.problems)} files skipped, "
-            f"{len(recs.duplicate_of)} duplicates ignored: listed at the end); do not edit by "
+            f"{len(recs.duplicate_of)} duplicates ignored"
+            f"{f', {len(recs.superseded)} runs superseded by longer ones' if recs.superseded else ''}"
+            f": listed at the end); do not edit by "
             f"hand. How to read it: {README}.", ""]
     figure = next((path for title, path in plots if path.endswith("recall_vs_state_size.png")),
                   None)
@@ -374,4 +376,9 @@ def render(board: Board, plots: Sequence[tuple[str, str]] = ()) -> str:
         lines += ["### Duplicates ignored", "",
                   "Records of a row, hyper-parameters and seed already counted:", ""]
         lines += [f"- {d} (counted: {k})" for d, k in sorted(recs.duplicate_of.items())] + [""]
+    if recs.superseded:
+        lines += ["### Runs superseded by longer ones", "",
+                  "Runs that stopped at their step cap while still improving, each trained "
+                  "again at a larger cap (`extend=true`), which is counted in its place:", ""]
+        lines += [f"- {d} (counted: {k})" for d, k in sorted(recs.superseded.items())] + [""]
     return "\n".join(lines)

@@ -8,6 +8,10 @@ Counting: one record per row, hyper-parameters and seed (``labels.row_key``, ``h
 seed): a second record of the same (a file copied under another name, a run repeated) is
 reported as a duplicate and ignored.
 
+Superseding: a run that extends another (``extends``: the budget ladder, ``zoo.two_stage``;
+its shorter run stopped at its step cap while still improving) is counted in that run's place,
+within the same hyper-parameters; the shorter run is listed as superseded, not counted.
+
 Joining: an eval record (``kind: eval``, ``zoo.eval``: a run tested again, on other lengths or
 another variant) adds its metrics to the run it names, so they show in that run's row: new
 lengths in the per-length table, new variants in the per-variant one, free-running ``gen_``
@@ -49,6 +53,10 @@ class Records:
     problems: list[str]
     duplicate_of: dict[str, str]
     evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # joined to a run
+    superseded: dict[str, str] = field(default_factory=dict)  # path -> the longer run's path
+
+    def is_counted(self, path: str) -> bool:
+        return path not in self.duplicate_of and path not in self.superseded
 
     @property
     def counted(self) -> list[dict[str, Any]]:
@@ -57,7 +65,7 @@ class Records:
         for _, ev in self.evals:
             by_run[ev["evaluates"]["run_id"]].append(ev)
         return [joined(r, by_run.get(r["run_id"], [])) for p, r in self.entries
-                if p not in self.duplicate_of]
+                if self.is_counted(p)]
 
     def of_suite(self, suite: str) -> Records:
         """The records of one suite and their eval records (the skipped files stay listed)."""
@@ -65,7 +73,8 @@ class Records:
         runs = {r["run_id"] for p, r in self.entries if p in keep}
         return Records([e for e in self.entries if e[0] in keep], self.problems,
                        {p: q for p, q in self.duplicate_of.items() if p in keep},
-                       [e for e in self.evals if e[1]["evaluates"]["run_id"] in runs])
+                       [e for e in self.evals if e[1]["evaluates"]["run_id"] in runs],
+                       {p: q for p, q in self.superseded.items() if p in keep})
 
 
 def joined(rec: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,7 +148,8 @@ def read(results_dir: str | Path) -> Records:
             continue
         (evals if is_eval else entries).append((rel, rec))
     dup = duplicates(entries)
-    counted = {r["run_id"]: p for p, r in entries if p not in dup}
+    sup = superseded(entries, dup)
+    counted = {r["run_id"]: p for p, r in entries if p not in dup and p not in sup}
     by_id = {r["run_id"]: p for p, r in entries}
     joinable = []
     for rel, ev in evals:
@@ -147,11 +157,34 @@ def read(results_dir: str | Path) -> Records:
         if run in counted:
             joinable.append((rel, ev))
         elif run in by_id:
-            problems.append(f"{rel}: evaluates run {run}, a duplicate ignored "
-                            f"(counted: {dup[by_id[run]]})")
+            why = (f"a duplicate ignored (counted: {dup[by_id[run]]})" if by_id[run] in dup
+                   else f"superseded by {sup[by_id[run]]}")
+            problems.append(f"{rel}: evaluates run {run}, {why}")
         else:
             problems.append(f"{rel}: evaluates run {run}, which is not among these records")
-    return Records(entries, problems, dup, joinable)
+    return Records(entries, problems, dup, joinable, sup)
+
+
+def superseded(entries: list[tuple[str, dict[str, Any]]],
+               dup: dict[str, str]) -> dict[str, str]:
+    """Path -> path of the completed, counted run that extends it (``extends.run_id``)."""
+    by_id = {r["run_id"]: p for p, r in entries}
+    out = {}
+    for path, rec in entries:
+        prev = (rec.get("extends") or {}).get("run_id")
+        if path not in dup and rec["status"] == "completed" and prev in by_id:
+            out[by_id[prev]] = path
+    return out
+
+
+def ladder_hp(rec: dict[str, Any]) -> str:
+    """A record's hyper-parameters, a run that extends another's at its ladder's first step
+    cap: the runs of one ladder are one choice of hyper-parameters."""
+    cfg = rec["config"]
+    root = (rec.get("extends") or {}).get("root_max_steps")
+    if root is not None:
+        cfg = {**cfg, "trainer": {**(cfg.get("trainer") or {}), "max_steps": root}}
+    return hp_key(cfg)
 
 
 def identity(rec: dict[str, Any]) -> str:
@@ -367,7 +400,7 @@ def summarise(records: list[dict[str, Any]]) -> list[Row]:
                     and finite(r["metrics"].get(row.selected_on))]
         by_hp: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in row.done:
-            by_hp[hp_key(r["config"])].append(r)
+            by_hp[ladder_hp(r)].append(r)
         if by_hp:
             sign = 1 if row.higher else -1
             best = min(by_hp, key=lambda h: (-sign * statistics.fmean(

@@ -176,14 +176,20 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     torch.set_float32_matmul_precision("high")
     task_name, knobs, _ = split_task_config(cfg_dict["task"])
     selection = _select_lr(cfg_dict, knobs) if cfg_dict.get("lr_from") else None
+    extends = None
+    if cfg_dict.get("extend"):
+        extends = _to_extend(cfg_dict, knobs)
+        if extends is None:
+            return {"status": "skipped", "reason": "nothing to extend"}
     key = config_key(identity(cfg_dict, start))
     keyed_dir = Path(cfg.checkpoint_dir) / task_name / cfg.layer.name / key
     if not _is_rank_zero():  # rank 0 holds the lock for the whole data-parallel run
-        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start)
+        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start,
+                      extends)
     try:
         with exclusive(keyed_dir / "lock") as holder:
             return _locked(cfg, cfg_dict, key, keyed_dir, holder, started, sha, callbacks,
-                           selection, start)
+                           selection, start, extends)
     finally:
         prune_empty(keyed_dir, Path(cfg.checkpoint_dir))
 
@@ -232,17 +238,36 @@ def identity(cfg_dict: dict[str, Any], start: dict[str, str] | None) -> dict[str
     return cfg_dict if start is None else {**cfg_dict, "ckpt_path": f"sha256:{start['sha256']}"}
 
 
+def _monitor(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> tuple[str, str]:
+    """The validation metric a run selects on (without ``val/``) and its mode."""
+    import tasks
+
+    es = cfg_dict["early_stopping"]
+    if es["monitor"]:
+        return es["monitor"].split("/", 1)[1], es["mode"]
+    return tasks.build(cfg_dict["task"]["name"], **knobs).monitor
+
+
+def _to_extend(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any] | None:
+    """``extend=true``: the shorter run of this config and seed this run replaces (it stopped
+    at its cap while still improving; ``zoo.two_stage.to_extend``), for the record, or None
+    (said in the log) when there is none: the run is skipped."""
+    from .two_stage import ladder_root_steps, to_extend
+
+    prev, why = to_extend(cfg_dict, cfg_dict["results_dir"], _monitor(cfg_dict, knobs)[1])
+    log.info("%s", why if prev else f"skipping: {why}")
+    if prev is None:
+        return None
+    return {"run_id": prev["run_id"], "max_steps": prev["config"]["trainer"]["max_steps"],
+            "root_max_steps": ladder_root_steps(prev), "reason": why}
+
+
 def _select_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
     """Stage 2 of a two-stage sweep: set ``optim.lr`` to the rate stage ``lr_from`` chose on
     validation for this config (``zoo.two_stage``); returns the evidence for the record."""
-    import tasks
-
     from .two_stage import select_lr
 
-    es = cfg_dict["early_stopping"]
-    task = tasks.build(cfg_dict["task"]["name"], **knobs)
-    metric, mode = ((es["monitor"].split("/", 1)[1], es["mode"]) if es["monitor"]
-                    else task.monitor)
+    metric, mode = _monitor(cfg_dict, knobs)
     try:
         lr, evidence = select_lr(cfg_dict, cfg_dict["results_dir"], cfg_dict["lr_from"],
                                  metric, mode)
@@ -255,7 +280,8 @@ def _select_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any
 
 def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
             holder: str | None, started: float, sha: str | None, callbacks: Sequence[Any],
-            selection: dict[str, Any] | None, start: dict[str, str] | None) -> dict[str, Any]:
+            selection: dict[str, Any] | None, start: dict[str, str] | None,
+            extends: dict[str, Any] | None = None) -> dict[str, Any]:
     """The part of ``run`` under the config's lock (``holder`` names another owner)."""
     task_name = cfg_dict["task"]["name"]
     if holder is not None:
@@ -267,13 +293,15 @@ def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path
             log.info("skipping: this config finished as run %s (%s)", done["run_id"],
                      done["status"])
             return done
-    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start)
+    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start,
+                  extends)
 
 
 def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
            started: float, sha: str | None, callbacks: Sequence[Any],
            selection: dict[str, Any] | None = None,
-           start: dict[str, str] | None = None) -> dict[str, Any]:
+           start: dict[str, str] | None = None,
+           extends: dict[str, Any] | None = None) -> dict[str, Any]:
     import lightning as L
 
     import tasks
@@ -351,6 +379,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
         "resumed_from_step": resumed_step,
         "started_from": start,
         "lr_selection": selection,
+        "extends": extends,
         "seed": cfg.seed,
         "params": module.model.num_params(),
         "params_non_embedding": module.model.num_params(non_embedding=True),

@@ -6,7 +6,13 @@ validation (stage 2: ``lr_from=<stage-1 suite>``). Stage 1's runs of "this confi
 that differ from it only in what a stage sets: the learning rate, the seed, the trainer's
 budget and early stopping. Their rate with the best mean validation score (the best
 validation value of each run, the one its tested checkpoint had) wins; among rates that tie,
-the one that got there in fewer steps. Torch-free: it reads records only.
+the one that got there in fewer steps.
+
+The budget ladder: a run that stopped at its step cap while still improving was set by its
+budget, not its architecture. ``extend=true`` trains the same config and seed again at a larger
+cap only where the longest shorter run did that (``to_extend``); its record names the run it
+``extends``, and the leaderboard counts it in that run's place (``zoo.selection``).
+Torch-free: it reads records only.
 """
 
 from __future__ import annotations
@@ -66,3 +72,60 @@ def select_lr(config: dict[str, Any], results_dir: str | Path, suite: str, metri
                                    "runs": [rid for _, _, rid in by_lr[k]]}
                           for k in sorted(by_lr)}}
     return lr, evidence
+
+
+# The budget ladder: a run that reached its step cap while still improving is trained again at
+# a larger cap (``extend=true``), and the longer run takes its place.
+TAIL, MARGIN = 0.2, 0.01  # "still improving": the last 20% of steps beat the rest by 0.01
+
+
+def still_improving(curve: list, mode: str = "max", tail: float = TAIL,
+                    margin: float = MARGIN) -> bool:
+    """Whether a validation curve ``[[step, value], ...]`` was still improving at its end: its
+    best value in the last ``tail`` of the steps beats the best before them by more than
+    ``margin`` (lower is better where ``mode`` is min)."""
+    points = [(s, v) for s, v in curve if v is not None]
+    if not points:
+        return False
+    cut = points[-1][0] * (1 - tail)
+    sign = 1 if mode == "max" else -1
+    before = [sign * v for s, v in points if s <= cut]
+    after = [sign * v for s, v in points if s > cut]
+    return bool(before and after) and max(after) > max(before) + margin
+
+
+def ladder_key(config: dict[str, Any]) -> str:
+    """The identity of a config up to its step cap and early stopping (which a record holds
+    resolved: the task's monitor filled in) and bookkeeping: the runs of one config and seed
+    at growing budgets."""
+    core = {k: v for k, v in config.items() if k not in (*BOOKKEEPING, "early_stopping")}
+    core["trainer"] = {k: v for k, v in (core.get("trainer") or {}).items() if k != "max_steps"}
+    return config_key(core)
+
+
+def ladder_root_steps(record: dict[str, Any]) -> int:
+    """The step cap of the first run of a record's ladder (its own, unless it extends one)."""
+    extends = record.get("extends") or {}
+    return extends.get("root_max_steps", record["config"]["trainer"]["max_steps"])
+
+
+def to_extend(config: dict[str, Any], results_dir: str | Path,
+              mode: str) -> tuple[dict[str, Any] | None, str]:
+    """For an ``extend=true`` run: the longest completed run of the same config and seed at a
+    smaller step cap, when it stopped at its cap while still improving, with a sentence that
+    says why; ``(None, why not)`` when there is nothing to extend."""
+    key, cap = ladder_key(config), config["trainer"]["max_steps"]
+    records, _ = load_records(results_dir)
+    shorter = [r for r in records if r.get("status") == "completed"
+               and isinstance(r.get("config"), dict)
+               and (r["config"].get("trainer") or {}).get("max_steps", cap) < cap
+               and ladder_key(r["config"]) == key]
+    if not shorter:
+        return None, f"no completed run of this config at fewer than {cap} steps to extend"
+    prev = max(shorter, key=lambda r: (r["config"]["trainer"]["max_steps"], str(r["run_id"])))
+    steps = prev["config"]["trainer"]["max_steps"]
+    if prev.get("stop_reason") == "max_steps" and still_improving(prev["val_curve"] or [], mode):
+        return prev, (f"run {prev['run_id']} stopped at its cap of {steps} steps while still "
+                      f"improving: trained again to {cap}")
+    return None, (f"run {prev['run_id']} converged at {steps} steps "
+                  f"({prev.get('stop_reason')}): nothing to extend")

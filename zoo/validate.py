@@ -167,7 +167,7 @@ def check(cfg: dict[str, Any]) -> None:
 def _check_run(cfg: dict[str, Any]) -> None:
     check_int(cfg, "seed", 0)
     check_int(cfg, "threads", 1, none_ok=True)
-    for knob in ("resume", "keep_checkpoint"):
+    for knob in ("resume", "keep_checkpoint", "extend"):
         if knob in cfg:
             check_bool(cfg, knob)
     check_int(cfg, "progress_refresh_rate", 1)

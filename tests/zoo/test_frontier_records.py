@@ -2,34 +2,22 @@
 run stopped at its step cap while still improving: a row set by a too-short budget would be a
 defect of the leaderboard, not a finding."""
 
-import json
 from pathlib import Path
 
 import pytest
 
 from zoo.labels import label
+from zoo.selection import read
+from zoo.two_stage import still_improving
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 def _frontier(suite):
-    out = []
-    for p in sorted(RESULTS.rglob("*.json")):
-        rec = json.loads(p.read_text())
-        if (rec.get("kind") != "eval" and isinstance(rec.get("config"), dict)
-                and rec["config"].get("suite") == suite):
-            out.append((p, rec))
-    return out
-
-
-def still_improving(curve, tail=0.2, margin=0.01):
-    """Best validation value in the last ``tail`` of the steps more than ``margin`` above the
-    best before them (mode max)."""
-    last = curve[-1][0]
-    cut = last - tail * last
-    before = [v for s, v in curve if s <= cut and v is not None]
-    after = [v for s, v in curve if s > cut and v is not None]
-    return bool(before and after) and max(after) > max(before) + margin
+    """The counted training records of ``suite`` (a run superseded by a longer run of its
+    config, the budget ladder's, is not counted), with their paths."""
+    recs = read(RESULTS).of_suite(suite)
+    return [(RESULTS / p, r) for p, r in recs.entries if recs.is_counted(p)]
 
 
 def test_still_improving_reads_the_curve():
@@ -38,6 +26,8 @@ def test_still_improving_reads_the_curve():
     rising = [[s, s / 5000] for s in range(200, 5001, 200)]
     assert still_improving(rising)
     assert not still_improving([[200, 0.1], [3800, 0.9], [5000, 0.905]])
+    assert still_improving([[200, 3.0], [4000, 2.0], [5000, 1.5]], mode="min")
+    assert not still_improving([[200, 3.0], [4000, 2.0], [5000, 1.995]], mode="min")
 
 
 @pytest.mark.parametrize("suite", ["frontier", "frontier-lr"])

@@ -80,3 +80,63 @@ def test_neutral_knobs_keep_a_configs_identity_and_its_stage(tmp_path):
     _record(tmp_path, 2, 1e-3, [[100, 0.5]])
     lr, evidence = select_lr(BASE, tmp_path, "s1", "acc", "max")
     assert lr == 3e-3 and sorted(evidence["rates"]) == ["0.001", "0.003"]
+
+
+# The budget ladder (extend=true)
+
+RISING = [[s, s / 5000] for s in range(500, 5001, 500)]  # still improving at its cap
+FLAT = [[s, 0.5] for s in range(500, 5001, 500)]
+
+
+def _rung(tmp_path, n, steps, curve, stop="max_steps", seed=0, extends=None, acc=0.5):
+    cfg = copy.deepcopy(BASE)
+    cfg["trainer"], cfg["seed"] = {"max_steps": steps}, seed
+    rec = {"schema_version": 1, "run_id": f"r{n}", "status": "completed", "time": f"t{n}",
+           "task": "state_size", "layer": "gla", "config": cfg, "seed": seed,
+           "metrics": {"val/acc": curve[-1][1], "test/acc": acc}, "val_curve": curve,
+           "steps": curve[-1][0], "stop_reason": stop, "extends": extends}
+    write_record(tmp_path, rec)
+    return rec
+
+
+def _long(steps=20000, seed=0):
+    cfg = copy.deepcopy(BASE)
+    cfg["trainer"], cfg["seed"], cfg["extend"] = {"max_steps": steps}, seed, True
+    cfg["early_stopping"] = {"patience": 10, "monitor": None}  # records hold it resolved
+    return cfg
+
+
+def test_extends_only_a_run_stopped_at_its_cap_while_improving(tmp_path):
+    from zoo.two_stage import to_extend
+    assert to_extend(_long(), tmp_path, "max")[0] is None  # nothing shorter yet
+    _rung(tmp_path, 1, 5000, RISING)
+    _rung(tmp_path, 2, 5000, FLAT, seed=1)  # converged at its cap: a finding, not a budget
+    _rung(tmp_path, 3, 5000, [[500, 0.2], [1000, 0.995]], stop="solved", seed=2)
+    prev, why = to_extend(_long(), tmp_path, "max")
+    assert prev["run_id"] == "r1" and "still improving" in why
+    for seed, run in ((1, "r2"), (2, "r3")):
+        prev, why = to_extend(_long(seed=seed), tmp_path, "max")
+        assert prev is None and run in why and "nothing to extend" in why
+    assert to_extend(_long(steps=5000), tmp_path, "max")[0] is None  # not a larger cap
+    wider = _long()
+    wider["model"] = {"d_model": 128}
+    assert to_extend(wider, tmp_path, "max")[0] is None  # another config
+    # a second rung extends the longest shorter run, and only if it too was still improving
+    _rung(tmp_path, 4, 20000, [[s, 0.2 + s / 40000] for s in range(2000, 20001, 2000)],
+          extends={"run_id": "r1", "root_max_steps": 5000})
+    assert to_extend(_long(80000), tmp_path, "max")[0]["run_id"] == "r4"
+
+
+def test_a_longer_run_is_counted_in_the_place_of_the_run_it_extends(tmp_path):
+    from zoo.selection import read, summarise
+    _rung(tmp_path, 1, 5000, RISING, acc=0.6)
+    _rung(tmp_path, 2, 5000, [[500, 0.2], [1000, 0.995]], stop="solved", seed=1, acc=0.99)
+    _rung(tmp_path, 3, 20000, [[s, 0.9] for s in range(2000, 20001, 2000)], stop="plateau",
+          extends={"run_id": "r1", "root_max_steps": 5000}, acc=0.9)
+    recs = read(tmp_path)
+    assert recs.superseded == {"state_size/gla/r1.json": "state_size/gla/r3.json"}
+    assert not recs.is_counted("state_size/gla/r1.json") and not recs.duplicate_of
+    (row,) = summarise(recs.counted)
+    # one choice of hyper-parameters over both seeds: the solved 5,000-step run and the
+    # 20,000-step run in the place of the one that was still improving
+    assert sorted(r["run_id"] for r in row.chosen) == ["r2", "r3"]
