@@ -6,9 +6,9 @@ scalar decay ``a_t = exp(g_t)``, ``g_t <= 0`` (none: ``a_t = 1``), state ``S in 
     S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T,        o_t = q_t S_t
 
 (the transpose of the papers' ``S_t = S_{t-1} a_t (I - b_t k_t k_t^T) + b_t v_t k_t^T``,
-``o_t = S_t q_t``, in ``_scan``'s row convention). Written as an update by a "new value"
+``o_t = S_t q_t``, in ``_recurrence``'s row convention). Written as an update by a "new value"
 ``u_t = b_t (v_t - a_t S_{t-1}^T k_t)``: ``S_t = a_t S_{t-1} + k_t u_t^T``, so given the
-``u`` the delta rule is the scalar-gated linear recurrence of ``_scan``.
+``u`` the delta rule is the scalar-gated linear recurrence of ``_recurrence``.
 
 Chunked form (Yang et al. 2024, arXiv 2406.06484, sec. 3; the decay as in arXiv 2412.06464):
 inside a chunk of ``C`` tokens entered with state ``S_0``, with ``G_t`` the decay accumulated
@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import torch
 
-from ._scan import decay_matrix, fp32, pad_time
+from ._dispatch import fp32, pad_time
+from ._recurrence import decay_matrix
 
 
 def naive_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -116,7 +117,7 @@ def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
 def _carry(trans: torch.Tensor, local: torch.Tensor, initial: torch.Tensor | None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``S_n = trans_n S_{n-1} + local_n`` over the chunk axis (-3): the state entering each
-    chunk ``[..., N, dk, dv]`` and the final state. ``_scan.carry`` with a matrix decay."""
+    chunk ``[..., N, dk, dv]`` and the final state. ``_recurrence.carry`` with a matrix decay."""
     S = torch.zeros_like(local[..., 0, :, :]) if initial is None else initial.float()
     entering = []
     for t_n, l_n in zip(trans.unbind(-3), local.unbind(-3)):

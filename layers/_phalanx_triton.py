@@ -1,7 +1,7 @@
 """Triton kernels of Phalanx's block two-pass SWR (``phalanx.swr``), forward and backward, for
 any recent NVIDIA GPU (the paper's own kernel targets one GPU generation).
 
-Imported only through ``_scan.kernel_module`` when a forward runs on CUDA: this module imports
+Imported only through ``_dispatch.kernel_module`` when a forward runs on CUDA: this module imports
 triton at its top, so it is never loaded on a CPU-only install. Under ``TRITON_INTERPRET=1``
 the same kernels run on CPU tensors (the tests do that at tiny shapes).
 
@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._scan import fp32, pad_time
+from ._dispatch import fp32, pad_time
 
 
 @triton.jit

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import pad_time
+from ._dispatch import pad_time
 from .positional import POSITIONS, attention_bias, rope
 from .registry import SequenceMixer, register, split_heads
 

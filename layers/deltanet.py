@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._delta import chunked_delta_rule, delta_operator, naive_delta_rule
-from ._scan import call_time_major, fp32, kernel_module
+from ._dispatch import call_time_major, fp32, kernel_module
 from ._shortconv import ShortConv
 from .registry import SequenceMixer, register
 

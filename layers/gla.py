@@ -13,9 +13,9 @@ Defaults follow the reference library: 4 heads, ``expand_k=0.5`` (dk_total = D/2
 short convolution on q, k, v after their projections: ``silu(conv_causal(.))``, depthwise,
 k taps (``_shortconv.py``).
 
-Paths: ``reference`` is the loop over time (``_scan.naive_recurrence``); ``forward`` the chunked
-form in log space (``_scan.chunked_linear_attention``, linear in T, stable under strong decay);
-on CUDA with ``fla`` installed, fla's ``chunk_gla`` kernel. ``step`` is the recurrence on one
+Paths: ``reference`` is the loop over time (``_recurrence.naive_recurrence``); ``forward``
+the chunked form in log space (``_recurrence.chunked_linear_attention``, linear in T, stable
+under strong decay); on CUDA with ``fla`` installed, fla's ``chunk_gla`` kernel. ``step`` is the recurrence on one
 token. ``operator`` is per head ``T_ij = (q_i / sqrt(dk)) . (prod_{m=j+1..i} alpha_m * k_j)``,
 applied to ``v`` before the norm, gate and output projection.
 State size: ``H dk dv`` floats (plus ``(k - 1) D`` inputs with the short convolution),
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import (call_time_major, causal_operator, chunked_linear_attention, kernel_module,
-                    naive_recurrence)
+from ._dispatch import call_time_major, kernel_module
+from ._recurrence import causal_operator, chunked_linear_attention, naive_recurrence
 from ._shortconv import ShortConv
 from .registry import SequenceMixer, register, split_heads
 

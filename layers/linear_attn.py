@@ -9,8 +9,9 @@ Per head (``S in R^{dk x dv}``, ``S_0 = 0``):
 
 ``phi``: ``identity`` (default), ``elu+1``, ``relu``. ``short_conv=k > 0`` (default 0, off) puts
 fla's short convolution on q, k, v after their projection, before ``phi``:
-``silu(conv_causal(.))``, depthwise, k taps (``_shortconv.py``). Parallel form ``O = ((Q K^T) * M) V``;
-``forward`` is the chunked form (``_scan.chunked_linear_attention`` without decay), linear in T.
+``silu(conv_causal(.))``, depthwise, k taps (``_shortconv.py``). Parallel form
+``O = ((Q K^T) * M) V``; ``forward`` is the chunked form
+(``_recurrence.chunked_linear_attention`` without decay), linear in T.
 The normaliser is the same recurrence on an extra all-ones value column (``z_t`` rides along
 as column ``dv`` of the state). On CUDA with ``fla`` installed, fla's ``chunk_linear_attn``.
 
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import call_time_major, chunked_linear_attention, kernel_module, naive_recurrence
+from ._dispatch import call_time_major, kernel_module
+from ._recurrence import chunked_linear_attention, naive_recurrence
 from ._shortconv import ShortConv
 from .registry import SequenceMixer, register, split_heads
 

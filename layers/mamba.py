@@ -12,11 +12,11 @@ Standard initialisation (mamba_simple.py): ``A = -exp(A_log)`` with ``A_log = lo
 per channel (S4D-real), ``D = 1``; the dt bias is the inverse softplus of a log-uniform sample
 in ``[dt_min, dt_max]``. ``A_log`` and ``D`` skip weight decay (marked on the parameters).
 
-Paths: ``reference`` is the loop over time (``_scan.naive_recurrence`` with one head per
+Paths: ``reference`` is the loop over time (``_recurrence.naive_recurrence`` with one head per
 channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
-``_scan.selective_scan``, a custom autograd function that keeps only the state entering every
-few steps and recomputes the rest in its hand-written backward (never all T states of
-``D_in * d_state``), everything time-major ``[T, B, .]`` (the scan's layout; the convolution
+``_selective_scan.selective_scan``, a custom autograd function that keeps only the state
+entering every few steps and recomputes the rest in its hand-written backward (never all T
+states of ``D_in * d_state``), everything time-major ``[T, B, .]`` (the scan's layout; the convolution
 as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan; on CUDA with
 ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the operator's
 chunk (the scan sizes its own). Speed: the scan's cost is a few elementwise ops per step
@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import causal_operator, kernel_module, naive_recurrence, selective_scan
+from ._dispatch import kernel_module
+from ._recurrence import causal_operator, naive_recurrence
+from ._selective_scan import selective_scan
 from .registry import SequenceMixer, register
 
 
@@ -107,7 +109,7 @@ class Mamba(SequenceMixer):
 
     def _ssm(self, u: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor,
              Cm: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The scan in ``_scan``'s convention, one head per channel, fp32:
+        """The scan in ``_recurrence``'s convention, one head per channel, fp32:
         q = C ``[B, Di, T, N]``, k = Delta B ``[B, Di, T, N]``, v = u ``[B, Di, T, 1]``,
         log decay Delta A ``[B, Di, T, N]``."""
         delta, A = self._discretise(dt)

@@ -10,10 +10,10 @@ selective state space with a scalar decay per head, in the form of mamba-ssm's `
 
 B and C are shared by the heads (one group). Per head this is scalar-gated linear attention
 with ``q = C``, ``k = dt B``, ``v = x`` and log decay ``dt A`` (SSD, sec. 4-6): ``forward`` is
-the zoo's chunked form of that recurrence (``_scan.chunked_linear_attention``: inside a chunk
+the zoo's chunked form of that recurrence (``_recurrence.chunked_linear_attention``: inside a chunk
 the quadratic masked form ``(C B^T * L) X``, between chunks the state; linear in T, the decays
 in log space), which is SSD's chunked matrix algorithm. ``reference`` is the loop over time
-(``_scan.naive_recurrence``); on CUDA with ``fla`` installed, fla's ``chunk_simple_gla`` (the
+(``_recurrence.naive_recurrence``); on CUDA with ``fla`` installed, fla's ``chunk_simple_gla`` (the
 same scalar-decay kernel). ``step`` keeps the last ``d_conv - 1`` inputs and re-runs the input
 projection and the convolution on that window (no bias on ``W_in``: the zero inputs before the
 start project to the convolution's zero padding), then one step of the loop.
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import (call_time_major, causal_operator, chunked_linear_attention, fp32,
-                    kernel_module, naive_recurrence)
+from ._dispatch import call_time_major, fp32, kernel_module
+from ._recurrence import causal_operator, chunked_linear_attention, naive_recurrence
 from .registry import SequenceMixer, register
 
 
@@ -84,7 +84,7 @@ class Mamba2(SequenceMixer):
             p._no_weight_decay = True
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per head, in ``_scan``'s convention and fp32: q = C ``[B, H, T, N]``,
+        """Per head, in ``_recurrence``'s convention and fp32: q = C ``[B, H, T, N]``,
         k = dt B ``[B, H, T, N]``, v = x ``[B, H, T, P]``, log decay dt A ``[B, H, T, 1]``;
         and the gate z ``[B, T, D_in]``."""
         B, T, _ = x.shape
@@ -138,7 +138,7 @@ class Mamba2(SequenceMixer):
 
     def init_state(self, batch: int, device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """``h [B, H, N, P]`` in fp32 (``_scan``'s ``[dk, dv]`` layout); ``x`` the last
+        """``h [B, H, N, P]`` in fp32 (``_recurrence``'s ``[dk, dv]`` layout); ``x`` the last
         ``d_conv - 1`` inputs ``[B, d_conv - 1, D]``."""
         return {"h": torch.zeros(batch, self.num_heads, self.d_state, self.head_dim,
                                  device=device, dtype=torch.float32),

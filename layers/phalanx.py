@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import fp32, kernel_module, pad_time
+from ._dispatch import fp32, kernel_module, pad_time
 from .registry import SequenceMixer, register
 
 

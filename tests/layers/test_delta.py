@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import layers
 from layers._delta import chunked_delta_rule, delta_operator, naive_delta_rule
-from layers._scan import naive_recurrence
+from layers._recurrence import naive_recurrence
 from layers.testing import assert_rel_close, rel_rms_error
 
 MIXERS = ["deltanet", "gated_deltanet", "mamba2"]
@@ -257,7 +257,7 @@ def test_state_size(name, expected):
 
 
 def test_mamba2_is_scalar_gated_linear_attention():
-    """Per head the SSD recurrence is _scan's: y = C . h, h = exp(dt A) h + dt B x^T, so the
+    """Per head the SSD recurrence is _recurrence's: y = C . h, h = exp(dt A) h + dt B x^T, so the
     operator of one head is (C B^T dt) * L plus D on the diagonal, built here from the
     definition."""
     m = make("mamba2")

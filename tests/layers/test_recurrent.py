@@ -13,9 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 import layers
-from layers import _scan
-from layers._scan import (_FactorisedChunks, _SelectiveScan, causal_operator,
-                          chunked_linear_attention, naive_recurrence, selective_scan)
+from layers import _selective_scan
+from layers._recurrence import (_FactorisedChunks, causal_operator, chunked_linear_attention,
+                                naive_recurrence)
+from layers._selective_scan import _SelectiveScan, selective_scan
 from layers.phalanx import _SWR, jagged_operator, swr, swr_reference
 from layers.testing import assert_rel_close, assert_same_function, rel_rms_error
 
@@ -193,7 +194,7 @@ STEPS_PER_OP = {"per-step": 1, "two-steps": 2, "whole-chunk": 10 ** 6}
 
 
 def steps_per_op(monkeypatch, steps: int, B: int, Di: int, N: int) -> None:
-    monkeypatch.setattr(_scan, "SCAN_BUFFER", steps * B * Di * N)
+    monkeypatch.setattr(_selective_scan, "SCAN_BUFFER", steps * B * Di * N)
 
 
 @pytest.mark.parametrize("steps", STEPS_PER_OP.values(), ids=STEPS_PER_OP.keys())
