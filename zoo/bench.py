@@ -441,12 +441,12 @@ def bench_moe(d_model: int = 128, batch: int = 8, lengths: Sequence[int] = (1024
 
 
 def bench_ess(lengths: Sequence[int] = (1024,), d_model: int = 128, samples: int = 5) -> list[str]:
-    """``tasks.ess`` at every position, head and layer of a fresh 2-layer attention model
+    """``layers.ess`` at every position, head and layer of a fresh 2-layer attention model
     (4 heads, full rank: the worst case) on one random sequence, wall and CPU seconds (on a
     shared machine wall time depends on the load, noted above the table), and its largest
     error against a float64 SVD of ``H_i`` at ``samples`` positions, relative to each
     ``s_max``."""
-    from tasks import ess as E
+    from layers import ess as E
     from .ess import mixer_inputs
     from .model import Backbone
 

@@ -9,7 +9,7 @@ with ``keep_checkpoint=true``; a run that kept none is named in a one-line error
 on sequences of its task's test split; ``--fresh`` measures an initialised model on random
 tokens. For every mixer that is a linear operator (``supports("operator")``) the operator is
 materialised on that mixer's actual input (``block.norm1`` of the residual stream, captured by
-a hook) and ``tasks.ess`` gives tolerance- and entropy-ESS at every position, head and
+a hook) and ``layers.ess`` gives tolerance- and entropy-ESS at every position, head and
 sequence.
 
 Units. ESS counts a rank per head; TSS is ``mixer.state_size(T)`` in floats for the whole
@@ -49,11 +49,11 @@ import torch
 from torch import nn
 
 import tasks
-from tasks import ess as E
+from layers import ess as E
 
 from .data import split_task_config
 from .model import Backbone
-from .record import load_records
+from .record import checkpoint_path, kept_checkpoint, load_records
 
 
 def mixer_inputs(model: Backbone, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -171,8 +171,6 @@ def _find_record(results: str, run_id: str) -> dict[str, Any]:
 def _load_run(record: dict[str, Any], n: int) -> tuple[Backbone, torch.Tensor]:
     from .module import ZooModule  # Lightning is only needed for trained runs
 
-    from .eval import kept_checkpoint
-
     try:
         ckpt = kept_checkpoint(record)
     except LookupError as e:
@@ -208,48 +206,10 @@ def table(per_layer: list[dict[str, Any] | None]) -> list[str]:
     return rows
 
 
-def plot(per_layer: list[dict[str, Any] | None], path: Path, title: str = "") -> str:
-    """ESS by position, one column per linear-operator layer: tolerance-ESS on top,
-    entropy-ESS below; each head faint (mean over sequences), the mean over heads bold.
-    Written with matplotlib's Agg backend; returns the line to print."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = [(i, e) for i, e in enumerate(per_layer) if e is not None]
-    if not entries:
-        return "no linear-operator layers: no plot written"
-    fig, axes = plt.subplots(2, len(entries), figsize=(4 * len(entries), 5.5), squeeze=False,
-                             sharex=True)
-    for col, (i, e) in enumerate(entries):
-        res = e["ess"]
-        for row, (kind, values) in enumerate([("tolerance", res.tolerance),
-                                              ("entropy", res.entropy)]):
-            ax, per_head = axes[row][col], values.mean(0)  # [heads, P]
-            for h in range(per_head.shape[0]):
-                ax.plot(res.positions, per_head[h], lw=0.7, alpha=0.35, color="C0")
-            ax.plot(res.positions, per_head.mean(0), lw=2.0, color="C0", label="mean of heads")
-            ax.set_ylabel(f"{kind}-ESS")
-            if row == 0:
-                ax.set_title(f"layer {i}: {e['mixer']} ({e['heads']} heads)")
-            else:
-                ax.set_xlabel("position")
-    axes[0][0].legend(fontsize=7, title="faint: one head", title_fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return f"plot written to {path}"
-
-
 def default_plot_path(args: argparse.Namespace, record: dict[str, Any] | None) -> Path:
     """Beside the run's outputs (the directory holding ``checkpoints/``) for ``--run-id``;
     ``ess-fresh-<layer>-T<len>.png`` in the working directory for ``--fresh``."""
     if record is not None:
-        from .eval import checkpoint_path
-
         return Path(checkpoint_path(record)).parent.parent / f"ess-{record['run_id']}.png"
     return Path(f"ess-fresh-{args.layer}-T{args.seq_len}.png")
 
@@ -280,8 +240,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{tokens.shape[1]}, means over positions 1..{tokens.shape[1] - 1}:\n")
     print("\n".join(table(per_layer)))
     what = f"run {args.run_id}" if record else f"fresh {args.layer}"
-    print("\n" + plot(per_layer, Path(args.plot) if args.plot else default_plot_path(args, record),
-                      f"{what}, {len(tokens)} sequence(s) of length {tokens.shape[1]}"))
+    from .plots import ess_by_position  # matplotlib and the leaderboard's modules: CLI only
+
+    path = Path(args.plot) if args.plot else default_plot_path(args, record)
+    print("\n" + ess_by_position(per_layer, path,
+                                  f"{what}, {len(tokens)} sequence(s) of length {tokens.shape[1]}"))
     return 0
 
 

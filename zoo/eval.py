@@ -40,8 +40,8 @@ from omegaconf import OmegaConf
 import tasks
 from .config import DATA_KEYS, split_task_config
 from .labels import label
-from .record import (config_key, device_info, git_sha, load_records, new_run_id,
-                     package_versions, write_record)
+from .record import (checkpoint_path, config_key, device_info, git_sha, kept_checkpoint,
+                     load_records, new_run_id, package_versions, write_record)
 from .validate import ConfigError, _show, check
 
 RESULTS_DIRS = ("runs", "results")
@@ -102,33 +102,6 @@ def parse(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if "run" not in options:
         raise ConfigError("run", None, "give the run to evaluate: run=<run id or checkpoint>")
     return options, overrides
-
-
-def checkpoint_path(record: dict[str, Any]) -> str | None:
-    """The checkpoint a run record names (``checkpoint.path``; ``best_checkpoint`` in records
-    made before that field), whether or not the file is there."""
-    ckpt = record.get("checkpoint")
-    return (ckpt.get("path") if isinstance(ckpt, dict) else None) or record.get("best_checkpoint")
-
-
-def kept_checkpoint(record: dict[str, Any]) -> Path:
-    """The checkpoint a run record says it kept; LookupError saying why there is none."""
-    run = record.get("run_id")
-    ckpt = record.get("checkpoint")
-    if isinstance(ckpt, dict) and not ckpt.get("kept"):
-        raise LookupError(f"run {run} kept no checkpoint (its record says checkpoint.kept="
-                          f"false: they are removed once the record is written); train it "
-                          f"again with keep_checkpoint=true")
-    path = checkpoint_path(record)
-    if not path:
-        raise LookupError(f"run {run}'s record names no checkpoint; train it again with "
-                          f"keep_checkpoint=true")
-    if not Path(path).is_file():
-        older = "" if isinstance(ckpt, dict) else (
-            " (records made before keep_checkpoint never kept theirs)")
-        raise LookupError(f"run {run}'s checkpoint {path} is missing{older}; train it again "
-                          f"with keep_checkpoint=true")
-    return Path(path)
 
 
 def find_run(run: str, dirs: Sequence[str]) -> tuple[Path, dict[str, Any]]:

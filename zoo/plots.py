@@ -1,5 +1,6 @@
-"""The leaderboard's PNG figures, drawn from a ``zoo.selection.Board`` (selected runs only,
-except the ESS study, whose points are every trained model).
+"""The zoo's PNG figures: the leaderboard's, drawn from a ``zoo.selection.Board`` (selected
+runs only, except the ESS study, whose points are every trained model), and one model's ESS by
+position (``ess_by_position``, for ``python -m zoo.ess``).
 
     recall_vs_state_size.png    the headline (Zoology's MQAR plot): test accuracy on each
                                 key-value slice against state size in bytes, a line per
@@ -233,11 +234,16 @@ def _icl(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) 
     _finish(fig, style, {r.label for g in groups for r in g[3]}, plt, path, left=0.1)
 
 
-def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
+    plt = _pyplot()
     todo = planned(board, out_dir)
     style = styles(board.labels, plt)
     draw = {HEADLINE: _recall, "accuracy_vs_state_size.png": _state,
@@ -245,3 +251,37 @@ def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
     for _, path in todo:
         draw[path.name](board, style, plt, path)
     return todo
+
+
+def ess_by_position(per_layer: list[dict[str, Any] | None], path: Path, title: str = "") -> str:
+    """ESS by position of one model (``zoo.ess.layer_ess``'s entries, None for a layer that is
+    not a linear operator), one column per linear-operator layer: tolerance-ESS on top,
+    entropy-ESS below; each head faint (mean over sequences), the mean over heads bold.
+    Returns the line to print."""
+    entries = [(i, e) for i, e in enumerate(per_layer) if e is not None]
+    if not entries:
+        return "no linear-operator layers: no plot written"
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(entries), figsize=(4 * len(entries), 5.5), squeeze=False,
+                             sharex=True)
+    for col, (i, e) in enumerate(entries):
+        res = e["ess"]
+        for row, (kind, values) in enumerate([("tolerance", res.tolerance),
+                                              ("entropy", res.entropy)]):
+            ax, per_head = axes[row][col], values.mean(0)  # [heads, P]
+            for h in range(per_head.shape[0]):
+                ax.plot(res.positions, per_head[h], lw=0.7, alpha=0.35, color="C0")
+            ax.plot(res.positions, per_head.mean(0), lw=2.0, color="C0", label="mean of heads")
+            ax.set_ylabel(f"{kind}-ESS")
+            if row == 0:
+                ax.set_title(f"layer {i}: {e['mixer']} ({e['heads']} heads)")
+            else:
+                ax.set_xlabel("position")
+    axes[0][0].legend(fontsize=7, title="faint: one head", title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"plot written to {path}"

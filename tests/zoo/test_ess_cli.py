@@ -5,6 +5,7 @@ import torch
 
 from layers.registry import SequenceMixer
 from zoo import ess
+from zoo.plots import ess_by_position
 from zoo.model import Backbone
 
 
@@ -56,7 +57,7 @@ def test_cli_default_plot_path(capsys, tmp_path, monkeypatch):
 
 
 def test_plot_without_operator_layers_writes_nothing(tmp_path):
-    assert "no plot" in ess.plot([None, None], tmp_path / "x.png")
+    assert "no plot" in ess_by_position([None, None], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 

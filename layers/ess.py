@@ -1,4 +1,6 @@
-"""Effective state-size (ESS) of a causal linear operator, arXiv 2504.19561 (torch only).
+"""Effective state-size (ESS) of a causal linear operator, arXiv 2504.19561 (torch only): the
+mathematics behind the mixer contract's ``operator``. ``zoo.ess`` measures a model's layers with
+it; ``from layers.ess import ess`` measures any ``[..., T, T]`` operator, a mixer's or your own.
 
 For a materialised causal operator ``T`` (``y = T u``, shape ``[..., T, T]``) and a position
 ``1 <= i < T``, the submatrix ``H_i = T[i:, :i]`` (future rows, past columns) carries all the

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import layers
-from tasks import ess as E
+from layers import ess as E
 
 TINY = 1e-6  # a tolerance below every genuine singular value here, above rounding noise
 
