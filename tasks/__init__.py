@@ -6,7 +6,7 @@
 """
 
 from .base import (IGNORE, SPLITS, ContinuousTask, Task, accuracy_counts, build, knobs, leakage,  # noqa: F401
-                   make_split, names, predictions_at, rates, register_task, row_hashes,
+                   make_split, names, nullable, predictions_at, rates, register_task, row_hashes,
                    single_threaded, split_seed)
 from .assoc_recall import AssocRecall  # noqa: F401  (registers "assoc_recall")
 from .copying import Copying  # noqa: F401  (registers "copying")

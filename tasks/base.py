@@ -48,6 +48,12 @@ def knobs(name: str) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.init}
 
 
+def nullable(name: str) -> set[str]:
+    """The knobs of a task that also take None (annotated ``| None``), whatever their default
+    (lm's ``max_files``: 200, or null for every file)."""
+    return {f.name for f in dataclasses.fields(_get(name)) if f.init and "None" in str(f.type)}
+
+
 def _get(name: str) -> type["Task"]:
     try:
         return _TASKS[name]

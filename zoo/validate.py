@@ -231,9 +231,10 @@ def _check_task(cfg: dict[str, Any]) -> tasks.Task:
         name = tcfg.get("name") if isinstance(tcfg, dict) else tcfg
         raise ConfigError("task", name, f"must be one of {', '.join(tasks.names())}")
     name, knobs, sizes = split_task_config(tcfg)
-    defaults = tasks.knobs(name)
+    defaults, nullable = tasks.knobs(name), tasks.nullable(name)
     for k, v in knobs.items():
-        if k in defaults:  # unknown knobs: tasks.build names them with the valid list
+        # unknown knobs: tasks.build names them with the valid list
+        if k in defaults and not (v is None and k in nullable):
             check_like(f"task.{k}", v, defaults[k])
     for k in ("num_train", "num_val", "num_test", "batch_size"):
         if k in sizes:
@@ -302,6 +303,13 @@ def _check_model(cfg: dict[str, Any], task: tasks.Task) -> None:
             raise ConfigError("model.pattern", pattern,
                               f"does not use layer={name}: choose layer=<one of the pattern> "
                               f"(the record is filed and its options taken from it)")
+        n_layers = _get(cfg, "model.n_layers")
+        if n_layers % len(pattern):
+            # a partial repeat would drop mixers or change the ratio the pattern states
+            raise ConfigError("model.n_layers", n_layers,
+                              f"must be a multiple of the length of model.pattern="
+                              f"{_show(pattern)} ({len(pattern)}), so the pattern repeats whole")
+    _check_mixer_options(cfg, pattern or [name])
     channel = _get(cfg, "model.channel")
     if channel not in layers.names("channel"):
         raise ConfigError("model.channel", channel,
@@ -315,6 +323,29 @@ def _check_model(cfg: dict[str, Any], task: tasks.Task) -> None:
                               f"from task.seq_len and task.eval_lengths)")
     model = _owned("model", lambda: Backbone(**model_kwargs(cfg, **task.io)))
     _check_start(cfg, model)
+
+
+def _check_mixer_options(cfg: dict[str, Any], pattern: list[str]) -> None:
+    """``model.mixer_options``: options for mixers of the pattern, each checked as ``layer``'s
+    are (a hybrid's other mixers are built from them)."""
+    given = _get(cfg, "model.mixer_options")
+    if given is None:
+        return
+    if not isinstance(given, dict):
+        raise ConfigError("model.mixer_options", given, "must map mixers of model.pattern to "
+                          "their options")
+    for mixer, opts in given.items():
+        knob = f"model.mixer_options.{mixer}"
+        if mixer not in pattern:
+            raise ConfigError(knob, opts, f"{mixer} is not in the model's pattern "
+                              f"{_show(pattern)}: give options only for its mixers")
+        if not isinstance(opts, dict):
+            raise ConfigError(knob, opts, "must be a mapping of option to value")
+        options = layers.options(mixer)
+        for k, v in opts.items():
+            if k in options:
+                check_like(f"{knob}.{k}", v, options[k])
+        _owned(knob, lambda: layers.build(mixer, _get(cfg, "model.d_model"), **opts))
 
 
 def _check_start(cfg: dict[str, Any], model: Any) -> None:

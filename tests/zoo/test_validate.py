@@ -33,6 +33,11 @@ BAD = [  # (overrides, the knob the message must name, what it must say)
      "val/acc, val/exact_match, val/loss"),
     (["model.pattern=[]"], "model.pattern=[]", "non-empty list"),
     (["model.pattern=[gla]"], "model.pattern=[gla]", "does not use layer=attention"),
+    (["layer=gla", "model.pattern=[gla,gla,gla,attention]", "model.n_layers=2"],
+     "model.n_layers=2", "must be a multiple of the length of model.pattern=[gla,gla,gla,"
+     "attention] (4)"),
+    (["+model.mixer_options.mamba.expand=1"], "model.mixer_options.mamba",
+     "mamba is not in the model's pattern [attention]"),
     (["model.max_positions=64", "task.eval_lengths=[128]"], "model.max_positions=64",
      "longest sequence the run tests on (128"),
     (["results_dir=a_file"], "results_dir=a_file", "is a file"),
@@ -73,6 +78,7 @@ def _cfg(*overrides):
 @pytest.mark.parametrize("overrides", [
     [], ["layer=gla"], ["layer=mamba", "task=copying"], ["task=state_size"],
     ["experiment=leaderboard/induction"], ["layer=moe", "task=memorization"],
+    ["task=lm", "task.max_files=null"],
 ])
 def test_shipped_configs_pass_the_check(overrides):
     check(_cfg(*overrides))  # raises on any bad knob
@@ -96,6 +102,15 @@ def test_shipped_configs_pass_the_check(overrides):
     (["suite=''"], "suite"),
     (["threads=0"], "threads"),
     (["resume=maybe"], "resume"),
+    (["layer=gla", "model.pattern=[gla,attention]", "model.n_layers=3"], "model.n_layers"),
+    (["arch=phalanx_attention_1to1", "model.mixer_options.attention.num_heads=0"],
+     "model.mixer_options.attention"),
+    (["arch=phalanx_attention_1to1", "model.mixer_options.attention.num_heads=1.5"],
+     "model.mixer_options.attention.num_heads"),
+    (["arch=phalanx_attention_1to1", "+model.mixer_options.attention.heads=2"],
+     "model.mixer_options.attention"),
+    (["model.mixer_options=3"], "model.mixer_options"),
+    (["task=lm", "task.seq_len=null"], "task.seq_len"),
 ])
 def test_every_group_is_checked(overrides, knob):
     with pytest.raises(ConfigError) as e:
