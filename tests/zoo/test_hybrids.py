@@ -1,0 +1,106 @@
+"""Named hybrids (configs/arch/hybrid, issue 19): each composes, passes the check and runs;
+its label names every mixer and the ratio; the CSV carries every mixer's options; the recall
+frontier's ``arch=glob(*)`` does not pick them up."""
+
+import csv
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from synthetic_records import record
+
+import layers
+import tasks
+from zoo.config import split_task_config
+from zoo.export import write_csv
+from zoo.labels import CONFIG_DIR, label, layer_defaults, layer_sequence
+from zoo.model import Backbone, model_kwargs
+from zoo.selection import read
+from zoo.train import run_config
+from zoo.validate import check
+
+HYBRID_DIR = CONFIG_DIR / "arch" / "hybrid"
+HYBRIDS = sorted(f"hybrid/{p.stem}" for p in HYBRID_DIR.glob("*.yaml"))
+# every hybrid file at its own depth (the ratio's block once; 1:1 at the default 2 layers)
+LABELS = {
+    "hybrid/attention_only": "attention",
+    "hybrid/swa_attention_3to1": "swa(64):attention 3:1 x4",
+    "hybrid/swa16_attention_1to1": "swa(16):attention 1:1",
+    "hybrid/swa16_attention_3to1": "swa(16):attention 3:1 x4",
+    "hybrid/swa16_attention_7to1": "swa(16):attention 7:1 x8",
+    "phalanx_attention_1to1": "phalanx:attention 1:1",
+    "hybrid/phalanx_attention_3to1": "phalanx:attention 3:1 x4",
+    "hybrid/phalanx_attention_7to1": "phalanx:attention 7:1 x8",
+    "hybrid/gla_attention_1to1": "gla:attention 1:1",
+    "hybrid/gla_attention_3to1": "gla:attention 3:1 x4",
+    "hybrid/gla_attention_7to1": "gla:attention 7:1 x8",
+    "hybrid/mamba_attention_1to1": "mamba(expand=1):attention 1:1",
+    "hybrid/mamba_attention_3to1": "mamba(expand=1):attention 3:1 x4",
+    "hybrid/mamba_attention_7to1": "mamba(expand=1):attention 7:1 x8",
+}
+
+
+def resolved(tmp_path, *overrides):
+    """The config a run of these overrides records (``zoo.train.run_config``)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"out_dir={tmp_path / 'out'}",
+                                          f"results_dir={tmp_path / 'results'}"])
+    return run_config(cfg)
+
+
+def test_every_hybrid_file_has_its_label():
+    assert sorted(LABELS) == sorted([*HYBRIDS, "phalanx_attention_1to1"])
+
+
+@pytest.mark.parametrize("arch", sorted(LABELS))
+def test_a_hybrid_composes_passes_the_check_and_runs(tmp_path, arch):
+    cfg = resolved(tmp_path, f"arch={arch}", "model.d_model=32")
+    check(cfg)
+    name, knobs, _ = split_task_config(cfg["task"])
+    model = Backbone(**model_kwargs(cfg, **tasks.build(name, **knobs).io))
+    built = [type(b.mixer) for b in model.blocks]
+    assert built == [layers.get(m) for m in layer_sequence(cfg)]
+    x = torch.randint(0, cfg["task"]["vocab_size"], (2, 16))
+    out = model(x)
+    assert out.shape == (2, 16, cfg["task"]["vocab_size"]) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", sorted(LABELS))
+def test_labels_name_every_mixer_and_the_ratio(tmp_path, arch):
+    cfg = resolved(tmp_path, f"arch={arch}")
+    assert label(cfg) == LABELS[arch]
+    # deeper, the ratio stays and the depth is named
+    n = cfg["model"]["n_layers"]
+    deeper = resolved(tmp_path, f"arch={arch}", f"model.n_layers={2 * n}")
+    assert label(deeper) == LABELS[arch].split(" x")[0] + f" x{2 * n}"
+
+
+def test_every_mixer_of_a_hybrid_has_its_options_in_the_record_and_the_csv(tmp_path):
+    cfg = resolved(tmp_path, "arch=hybrid/mamba_attention_3to1", "task=state_size")
+    assert cfg["model"]["mixer_options"] == {"attention": layer_defaults("attention")}
+    assert cfg["layer"] == {"name": "mamba", **layer_defaults("mamba"), "expand": 1}
+    folder = tmp_path / "results" / "state_size" / "mamba"
+    folder.mkdir(parents=True)
+    (folder / "h0.json").write_text(json.dumps(record("h0", cfg)))
+    write_csv(tmp_path / "all.csv", read(tmp_path / "results"))
+    with open(tmp_path / "all.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["label"] == "mamba(expand=1):attention 3:1 x4"
+    assert row["layers"] == "mamba,mamba,mamba,attention"
+    for k, v in layer_defaults("attention").items():
+        assert row[f"config.model.mixer_options.attention.{k}"] == ("" if v is None else str(v))
+    for k, v in cfg["layer"].items():
+        assert row[f"config.layer.{k}"] == str(v)
+
+
+def test_the_frontier_glob_leaves_the_hybrids_out():
+    """experiment=frontier/* 'arch=glob(*)' sweeps the arch group's own files: the hybrids
+    live one level down, so that sweep's set of configs is what it was."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONFIG_DIR)))
+    top = sorted(p.stem for p in (CONFIG_DIR / "arch").glob("*.yaml"))
+    assert loader.get_group_options("arch") == top
+    assert [f"hybrid/{o}" for o in loader.get_group_options("arch/hybrid")] == HYBRIDS
