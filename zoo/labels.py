@@ -143,15 +143,28 @@ def _block(seq: list[str]) -> list[str]:
                 if all(m == seq[i % p] for i, m in enumerate(seq)))
 
 
+def _parts(config: dict[str, Any]) -> dict[str, str]:
+    """Each distinct sequence mixer of the stack, in order, and its words in the label."""
+    layer = dict(config.get("layer") or {})
+    primary = layer.pop("name", None)
+    mixer_options = (config.get("model") or {}).get("mixer_options") or {}
+    return {m: _mixer(m, {**(mixer_options.get(m) or {}), **(layer if m == primary else {})},
+                      m == primary) for m in dict.fromkeys(layer_sequence(config))}
+
+
+def mixers(config: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """Each distinct sequence mixer of the stack, in order: its registry name, its words in
+    the label and how many blocks it fills, ``[("swa", "swa(16)", 6), ("attention",
+    "attention", 2)]`` for ``swa(16):attention 3:1 x8``."""
+    seq = layer_sequence(config)
+    return [(m, words, seq.count(m)) for m, words in _parts(config).items()]
+
+
 def label(config: dict[str, Any]) -> str:
     """The architecture of a resolved run config, in words (see the module docstring)."""
-    layer = dict(config.get("layer") or {})
     model, mdef = config.get("model") or {}, model_defaults()
-    primary = layer.pop("name", None)
-    mixer_options = model.get("mixer_options") or {}
     block = _block(layer_sequence(config))
-    parts = {m: _mixer(m, {**(mixer_options.get(m) or {}), **(layer if m == primary else {})},
-                       m == primary) for m in dict.fromkeys(block)}
+    parts = _parts(config)
     runs: list[list[Any]] = []
     for m in block:
         if runs and runs[-1][0] == m:

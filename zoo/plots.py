@@ -12,6 +12,10 @@ position (``ess_by_position``, for ``python -m zoo.ess``).
     icl_by_examples.png         in-context tasks (icl_*): test error (or accuracy) against the
                                 number of examples before the query, a line per architecture,
                                 the task's reference estimators dashed (Garg et al.'s plot)
+    recall_vs_ratio.png         hybrids of attention and one other mixer (experiment=
+                                hybrid_recall): test accuracy on each key-value slice against
+                                the ratio of that mixer's blocks to attention's, a line per
+                                mixer, attention alone at 0:1
 
 One colour (and marker) per architecture label in every figure. ``planned`` says which files
 a board yields without drawing (``--check`` uses it); ``draw_all`` draws them. PNGs carry no
@@ -21,16 +25,20 @@ matplotlib.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from .ess_study import FIXED, GROWING
-from .labels import train_length
-from .selection import Board, Row, by_setting, by_suite, icl_groups, reference_estimators
+from .labels import mixers, train_length
+from .selection import (Board, Row, by_setting, by_suite, icl_groups, reference_estimators,
+                        selection_stages)
 
 PNG_META = {"Software": None}
 HEADLINE = "recall_vs_state_size.png"
 ICL = "icl_by_examples.png"
+RATIO = "recall_vs_ratio.png"
+FULL = "attention"  # the full-attention mixer a hybrid's ratio counts against
 MARKERS = "os^Dv<>P"
 PANEL_W, PANEL_H = 4.2, 3.4  # inches
 
@@ -62,7 +70,52 @@ def planned(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
     if icl_groups(board.rows):
         out.append(("In-context learning: test error (accuracy) against the number of "
                     "examples, a line per model, the estimators dashed", out_dir / ICL))
+    suite = ratio_suite(board.rows)
+    if suite:
+        out.append((f"Recall against the ratio of linear to attention blocks: suite {suite}, "
+                    "accuracy per key-value slice", out_dir / RATIO))
     return out
+
+
+def ratio_of(row: Row) -> tuple[str, int] | None:
+    """A row's place on the hybrids' ratio axis: the other mixer's words (as in the label)
+    and its blocks per attention block, ``("swa(16)", 3)`` for ``swa(16):attention 3:1 x8``;
+    ``("", 0)`` for attention alone; None for anything else (no attention, two other mixers,
+    a ratio that is not whole)."""
+    counts = mixers(row.cfg)
+    full = [c for name, _, c in counts if name == FULL]
+    others = [(words, c) for name, words, c in counts if name != FULL]
+    if not full or len(others) > 1 or (others and others[0][1] % full[0]):
+        return None
+    return (others[0][0], others[0][1] // full[0]) if others else ("", 0)
+
+
+def ratio_lines(rows: list[Row]) -> dict[tuple[str, int | None, int], dict[int, Row]]:
+    """The hybrids among key-value-sliced rows, by line (the other mixer's words, the width
+    and the number of blocks), then ratio to attention; attention alone is the line
+    ``("", width, blocks)`` at 0."""
+    out: dict[tuple[str, int | None, int], dict[int, Row]] = {}
+    for r in rows:
+        where = ratio_of(r) if r.test and r.variants("kv=") else None
+        if where is not None:
+            blocks = sum(c for _, _, c in mixers(r.cfg))
+            out.setdefault((where[0], r.width, blocks), {})[where[1]] = r
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items(), key=str)}
+
+
+def ratio_suite(rows: list[Row]) -> str | None:
+    """The suite of the ratio figure: the one whose hybrids span the most ratios (then rows,
+    then name), where some mixer is at two ratios or more; stage-1 suites (``lr_from``)
+    never."""
+    stages, found = selection_stages(), []
+    for suite, rs in by_suite(rows).items():
+        lines = ratio_lines(rs)
+        if suite is None or suite in stages or not any(
+                words and len(v) > 1 for (words, _, _), v in lines.items()):
+            continue
+        found.append((-len({x for v in lines.values() for x in v}),
+                      -sum(map(len, lines.values())), suite))
+    return min(found)[2] if found else None
 
 
 def styles(labels: list[str], plt: Any) -> dict[str, tuple[Any, str]]:
@@ -242,12 +295,40 @@ def _pyplot() -> Any:
     return plt
 
 
+def _ratio(board: Board, style: dict[str, tuple[Any, str]], plt: Any, path: Path) -> None:
+    suite = ratio_suite(board.rows)
+    lines = ratio_lines(by_suite(board.rows)[suite])
+    widths, depths = ({k[i] for k in lines} for i in (1, 2))
+    names = {k: (k[0] or FULL) + (f" x{k[2]}" if len(depths) > 1 else "")
+             + (f" d{k[1]}" if len(widths) > 1 else "") for k in lines}
+    own = styles(list(names.values()), plt)
+    ratios = sorted({x for v in lines.values() for x in v})
+    slices = _slices([r for v in lines.values() for r in v.values()])
+    fig, axes = _grid(len(slices), plt, cols=2 if len(slices) == 4 else 3)
+    for ax, sl in zip(axes, slices):
+        for (words, w, n), points in lines.items():
+            if words:  # each line starts at attention alone of its shape, where trained
+                points = {**lines.get(("", w, n), {}), **points}
+            pts = [(x, r.stat(f"test/acc@{sl}")) for x, r in points.items()]
+            pts = [(math.log2(1 + x), st) for x, st in pts if st]  # 0:1, 1:1, 3:1, 7:1 evenly
+            c, m = own[names[(words, w, n)]]
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+                        yerr=[p[1][1] for p in pts], color=c, marker=m, ms=4, lw=1,
+                        capsize=2, ls="-" if words else "none")
+        _axes(ax, f"{sl.replace('=', ' = ')} key-value pairs", "blocks of the mixer : attention",
+              "test accuracy", logx=False)
+        ax.set_xticks([math.log2(1 + x) for x in ratios], [f"{x}:1" for x in ratios])
+    _finish(fig, own, set(own), plt, path,
+            f"suite {suite}: a line per mixer hybridised with attention, by its ratio")
+
+
 def draw_all(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
     plt = _pyplot()
     todo = planned(board, out_dir)
     style = styles(board.labels, plt)
     draw = {HEADLINE: _recall, "accuracy_vs_state_size.png": _state,
-            "length_generalisation.png": _lengths, "ess_vs_accuracy.png": _ess, ICL: _icl}
+            "length_generalisation.png": _lengths, "ess_vs_accuracy.png": _ess, ICL: _icl,
+            RATIO: _ratio}
     for _, path in todo:
         draw[path.name](board, style, plt, path)
     return todo

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from synthetic_records import record
+from synthetic_records import config, record
 
 import layers
 import tasks
@@ -104,3 +104,60 @@ def test_the_frontier_glob_leaves_the_hybrids_out():
     top = sorted(p.stem for p in (CONFIG_DIR / "arch").glob("*.yaml"))
     assert loader.get_group_options("arch") == top
     assert [f"hybrid/{o}" for o in loader.get_group_options("arch/hybrid")] == HYBRIDS
+
+
+def _hybrid_records(suite="hybrid-recall"):
+    """Records shaped like experiment=hybrid_recall: 8 blocks, attention alone and swa(16)
+    and gla with attention at 1:1, 3:1 and 7:1 (gla without 7:1), accuracy falling with the
+    ratio and the number of pairs."""
+    out = []
+    forms = [("attention", {}, None, 0)] + [
+        (m, opts, [m] * r + ["attention"], r) for m, opts in (("swa", {"window": 16}),
+                                                               ("gla", {}))
+        for r in (1, 3, 7) if (m, r) != ("gla", 7)]
+    for i, (layer, opts, pattern, r) in enumerate(forms):
+        model = {"n_layers": 8}
+        if pattern:
+            model |= {"pattern": pattern, "mixer_options": {"attention": layer_defaults("attention")}}
+        for seed in (0, 1):
+            cfg = config("state_size", layer, suite=suite, seed=seed, layer_opts=opts, **model)
+            acc = 1.0 - 0.1 * r - 0.01 * seed
+            rec = record(f"h{i}-{seed}", cfg, val=acc, test=acc)
+            rec["metrics"].update({f"test/acc@kv={kv}": acc * (1 - kv / 64) for kv in (4, 8, 16)})
+            out.append(rec)
+    return out
+
+
+def _board(tmp_path, records):
+    from zoo.leaderboard import board
+
+    for rec in records:
+        folder = tmp_path / "results" / rec["task"] / rec["layer"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return board(tmp_path / "results")
+
+
+def test_recall_against_the_ratio_is_drawn_from_hybrid_records(tmp_path):
+    from zoo import plots
+
+    b = _board(tmp_path, _hybrid_records())
+    lines = plots.ratio_lines(b.rows)
+    assert {k: sorted(v) for k, v in lines.items()} == {
+        ("", 64, 8): [0], ("gla", 64, 8): [1, 3], ("swa(16)", 64, 8): [1, 3, 7]}
+    assert lines[("swa(16)", 64, 8)][3].label == "swa(16):attention 3:1 x8"
+    assert lines[("swa(16)", 64, 8)][7].stat("test/acc@kv=4")[0] == pytest.approx(
+        (0.3 + 0.29) / 2 * (1 - 4 / 64))
+    assert plots.ratio_suite(b.rows) == "hybrid-recall"
+    todo = plots.draw_all(b, tmp_path / "plots")
+    assert (tmp_path / "plots" / plots.RATIO) in [p for _, p in todo]
+    assert (tmp_path / "plots" / plots.RATIO).stat().st_size > 0
+
+
+def test_no_ratio_figure_without_a_mixer_at_two_ratios(tmp_path):
+    from synthetic_records import frontier
+    from zoo import plots
+
+    b = _board(tmp_path, frontier(seeds=1, lrs=(1e-3,)))  # phalanx:attention at 1:1 only
+    assert plots.ratio_suite(b.rows) is None
+    assert plots.RATIO not in [p.name for _, p in plots.planned(b, tmp_path / "plots")]
