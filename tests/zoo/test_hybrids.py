@@ -44,8 +44,7 @@ LABELS = {
 def resolved(tmp_path, *overrides):
     """The config a run of these overrides records (``zoo.train.run_config``)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"out_dir={tmp_path / 'out'}",
-                                          f"results_dir={tmp_path / 'results'}"])
+        cfg = compose("train", overrides=[*overrides, f"out_dir={tmp_path / 'out'}"])
     return run_config(cfg)
 
 
@@ -161,3 +160,86 @@ def test_no_ratio_figure_without_a_mixer_at_two_ratios(tmp_path):
     b = _board(tmp_path, frontier(seeds=1, lrs=(1e-3,)))  # phalanx:attention at 1:1 only
     assert plots.ratio_suite(b.rows) is None
     assert plots.RATIO not in [p.name for _, p in plots.planned(b, tmp_path / "plots")]
+
+
+def sweep_jobs(experiment):
+    """The jobs of ``python -m zoo.train -m experiment=<experiment>``: its own
+    ``hydra.sweeper.params`` expanded as Hydra's basic sweeper does."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        hcfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in hcfg.hydra.sweeper.params.items()]
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONFIG_DIR)))
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(
+        [f"experiment={experiment}", *params])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _arch_runs(tmp_path, experiment):
+    """Each architecture and length of an experiment's sweep: the resolved config of its
+    first job (seed and rate aside, the jobs of one are the same config)."""
+    out, seen = {}, set()
+    for job in sweep_jobs(experiment):
+        arch = tuple(o for o in job if not o.startswith(("seed=", "optim.lr=")))
+        if arch not in seen:
+            seen.add(arch)
+            cfg = resolved(tmp_path, *job)
+            out[(label(cfg), cfg["task"]["seq_len"])] = cfg
+    return out
+
+
+LM = ["attention x4 ch=mlp", "swa(64):attention 3:1 x4 ch=mlp",
+      "phalanx:attention 3:1 x4 ch=mlp", "gla:attention 3:1 x4 ch=mlp",
+      "mamba(expand=1):attention 3:1 x4 ch=mlp", "phalanx:attention 1:1 x4 ch=mlp"]
+RECALL = ["attention x8"] + [f"{m}:attention {r}:1 x8" for m in
+                             ("swa(16)", "phalanx", "gla", "mamba(expand=1)") for r in (1, 3, 7)]
+
+
+@pytest.mark.parametrize("experiment", ["hybrid_lm", "hybrid_lm_lr"])
+def test_hybrid_lm_sweeps_the_hybrids_at_both_lengths_at_matched_parameters(tmp_path,
+                                                                           experiment):
+    runs = _arch_runs(tmp_path, experiment)
+    assert sorted(runs) == sorted((lab, n) for lab in LM for n in (1024, 2048))
+    params = {}
+    for (lab, n), cfg in runs.items():
+        check(cfg)
+        assert cfg["task"]["name"] == "lm" and cfg["task"]["max_files"] is None
+        assert (cfg["resume"], cfg["results_dir"]) == (True, "results")
+        name, knobs, _ = split_task_config(cfg["task"])
+        model = Backbone(**model_kwargs(cfg, **tasks.build(name, **knobs).io))
+        params[lab] = sum(p.numel() for p in model.parameters())
+    for lab, n in params.items():
+        assert abs(n / params["attention x4 ch=mlp"] - 1) < 0.03, (lab, n)
+    n_jobs = len(sweep_jobs(experiment))
+    assert n_jobs == len(runs) * 3  # three seeds, or three rates at seed 0
+
+
+@pytest.mark.parametrize("experiment", ["hybrid_recall", "hybrid_recall_lr"])
+def test_hybrid_recall_takes_the_frontiers_setting(tmp_path, experiment):
+    runs = _arch_runs(tmp_path, experiment)
+    assert sorted(lab for lab, _ in runs) == sorted(RECALL)
+    stage = "final" if experiment == "hybrid_recall" else "lr"
+    frontier = resolved(tmp_path, f"experiment=frontier/{stage}")
+    for cfg in runs.values():
+        check(cfg)
+        for group in ("task", "trainer", "early_stopping"):
+            assert cfg[group] == frontier[group], group
+        assert cfg["model"]["d_model"] == 64 and cfg["model"]["channel"] == "none"
+
+
+def test_the_stages_of_a_hybrid_sweep_meet(tmp_path):
+    """Stage 2's runs find stage 1's (lr_from): their configs differ only in what a stage
+    sets, and stage 1 is known as a selection stage."""
+    from zoo.selection import selection_stages
+    from zoo.two_stage import stage_key
+
+    for final, first in (("hybrid_lm", "hybrid_lm_lr"), ("hybrid_recall", "hybrid_recall_lr")):
+        two, one = _arch_runs(tmp_path, final), _arch_runs(tmp_path, first)
+        assert {k: stage_key(c) for k, c in two.items()} == \
+            {k: stage_key(c) for k, c in one.items()}
+        suite = next(iter(one.values()))["suite"]
+        assert {c["lr_from"] for c in two.values()} == {suite} and suite in selection_stages()
