@@ -35,10 +35,26 @@ from .registry import SequenceMixer, register, split_heads
 @register("swa", window=64)
 @register("attention")
 class Attention(SequenceMixer):
+    """Causal multi-head softmax attention; registered as ``attention`` and, with
+    ``window=64``, as ``swa``.
+
+    Args:
+        d_model: width D of the input and output.
+        num_heads: heads H; must divide ``d_model`` (head dim ``D / H``, even under rope).
+            Default 1, Zoology's MQAR baseline: one head of width D.
+        pos: positional scheme, one of ``rope``, ``nope``, ``alibi``, ``hard_alibi``.
+        window: sliding window (token i sees ``i - window < j <= i``); None: all the past.
+        num_masked_heads: ``hard_alibi`` only: heads ``h`` below it see ``i - j <= h`` only
+            (None: half the heads); the others use no positions.
+        qk_norm: RMS-normalise q and k per head (learned gain) before the positional step.
+        rope_base: rope's frequency base.
+        bias: biases on the qkv and output projections.
+    """
+
     label = "attention"  # names the mixer in option errors
 
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
-                 pos: str = "rope", window: int | None = None,
+    def __init__(self, d_model: int, *, num_heads: int = 1, pos: str = "rope",
+                 window: int | None = None,
                  num_masked_heads: int | None = None, qk_norm: bool = False,
                  rope_base: float = 10000.0, bias: bool = False) -> None:
         super().__init__()
@@ -60,7 +76,7 @@ class Attention(SequenceMixer):
             raise ValueError(f"{name}: num_masked_heads must be in 0..num_heads={num_heads}, "
                              f"got {num_masked_heads}")
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
-        self.pos, self.window, self.rope_base, self.layer_idx = pos, window, rope_base, layer_idx
+        self.pos, self.window, self.rope_base = pos, window, rope_base
         self.num_masked_heads = num_masked_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)

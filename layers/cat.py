@@ -44,14 +44,25 @@ from .registry import register
 
 @register("cat")
 class ConvAugmentedAttention(Attention):
+    """Convolution-augmented attention: short causal filters on the token stream before the
+    q, k, v projections, then attention (see the module docstring).
+
+    Args:
+        d_model, num_heads, window, num_masked_heads, rope_base, bias: as ``Attention``.
+        pos: positional scheme, as ``Attention``; default ``nope`` (the paper's setting).
+        qk_norm: RMS-normalise q and k per head (the paper's ``norm``); default on.
+        kernel_size: taps W of each filter (default 3).
+        depthwise: one filter per channel (``F in R^{W x D}``) instead of a scalar per tap.
+    """
+
     label = "cat"
 
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
-                 pos: str = "nope", window: int | None = None,
+    def __init__(self, d_model: int, *, num_heads: int = 1, pos: str = "nope",
+                 window: int | None = None,
                  num_masked_heads: int | None = None, qk_norm: bool = True,
                  rope_base: float = 10000.0, bias: bool = False, kernel_size: int = 3,
                  depthwise: bool = False) -> None:
-        super().__init__(d_model, layer_idx=layer_idx, num_heads=num_heads, pos=pos,
+        super().__init__(d_model, num_heads=num_heads, pos=pos,
                          window=window, num_masked_heads=num_masked_heads, qk_norm=qk_norm,
                          rope_base=rope_base, bias=bias)
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:

@@ -49,11 +49,22 @@ class DeltaNet(SequenceMixer):
     One input projection gives q, k, v (through the short convolution), the ``b`` logits, the
     decay logits (gated only) and the output gate (``output_gate`` only); a step re-runs it on
     the convolution's window of the last ``short_conv`` inputs.
+
+    Args:
+        d_model: width D of the input and output.
+        num_heads: heads H; must divide the key and the value width.
+        expand_k: key width over D (all heads together).
+        expand_v: value width over D.
+        short_conv: taps of the short causal convolution on q, k, v (0: none; silu stays).
+        output_gate: gate the normed output by ``silu(x W_g)``.
+        chunk_size: tokens per chunk of the chunked form.
+        norm_eps: epsilon of the per-head RMSNorm.
+        use_kernels: use fla's kernel on CUDA when it is installed.
     """
 
     gated = False
 
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 2,
+    def __init__(self, d_model: int, *, num_heads: int = 2,
                  expand_k: float = 1.0, expand_v: float = 1.0, short_conv: int = 4,
                  output_gate: bool = False, chunk_size: int = 64, norm_eps: float = 1e-5,
                  use_kernels: bool = True) -> None:
@@ -70,7 +81,7 @@ class DeltaNet(SequenceMixer):
             if dim < num_heads or dim % num_heads:
                 raise ValueError(f"{name}: the {what} dim {dim} (d_model={d_model} * expand_"
                                  f"{what[0]}) is not a positive multiple of num_heads={num_heads}")
-        self.d_model, self.num_heads, self.layer_idx = d_model, num_heads, layer_idx
+        self.d_model, self.num_heads = d_model, num_heads
         self.key_dim, self.value_dim = key_dim, value_dim
         self.dk, self.dv = key_dim // num_heads, value_dim // num_heads
         self.chunk_size, self.use_kernels = chunk_size, use_kernels

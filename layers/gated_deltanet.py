@@ -42,15 +42,22 @@ DT_MIN, DT_MAX = 0.001, 0.1
 @register("gated_deltanet")
 class GatedDeltaNet(DeltaNet):
     """DeltaNet with a scalar decay per head (``_log_decay``) and, by default, the output gate.
-    ``A_log`` and ``dt_bias`` are marked to skip weight decay."""
+    ``A_log`` and ``dt_bias`` are marked to skip weight decay.
+
+    Args:
+        d_model, num_heads, expand_k, short_conv, chunk_size, norm_eps, use_kernels: as
+            ``DeltaNet``.
+        expand_v: value width over D (default 2, fla's layer).
+        output_gate: gate the normed output by ``silu(x W_g)`` (default on).
+    """
 
     gated = True
 
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 2,
+    def __init__(self, d_model: int, *, num_heads: int = 2,
                  expand_k: float = 1.0, expand_v: float = 2.0, short_conv: int = 4,
                  output_gate: bool = True, chunk_size: int = 64, norm_eps: float = 1e-5,
                  use_kernels: bool = True) -> None:
-        super().__init__(d_model, layer_idx=layer_idx, num_heads=num_heads, expand_k=expand_k,
+        super().__init__(d_model, num_heads=num_heads, expand_k=expand_k,
                          expand_v=expand_v, short_conv=short_conv, output_gate=output_gate,
                          chunk_size=chunk_size, norm_eps=norm_eps, use_kernels=use_kernels)
         H = num_heads

@@ -15,9 +15,10 @@ k taps (``_shortconv.py``).
 
 Paths: ``reference`` is the loop over time (``_recurrence.naive_recurrence``); ``forward``
 the chunked form in log space (``_recurrence.chunked_linear_attention``, linear in T, stable
-under strong decay); on CUDA with ``fla`` installed, fla's ``chunk_gla`` kernel. ``step`` is the recurrence on one
-token. ``operator`` is per head ``T_ij = (q_i / sqrt(dk)) . (prod_{m=j+1..i} alpha_m * k_j)``,
-applied to ``v`` before the norm, gate and output projection.
+under strong decay); on CUDA with ``fla`` installed, fla's ``chunk_gla`` kernel. ``step`` is
+the recurrence on one token. ``operator`` is per head
+``T_ij = (q_i / sqrt(dk)) . (prod_{m=j+1..i} alpha_m * k_j)``, applied to ``v`` before the
+norm, gate and output projection.
 State size: ``H dk dv`` floats (plus ``(k - 1) D`` inputs with the short convolution),
 constant in T.
 """
@@ -41,7 +42,24 @@ GATES = ("vector", "scalar")
 
 @register("gla")
 class GatedLinearAttention(SequenceMixer):
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
+    """Gated linear attention: ``S_t = Diag(alpha_t) S_{t-1} + k_t^T v_t`` per head, a
+    data-dependent decay ``alpha_t``, output normed and gated (see the module docstring).
+
+    Args:
+        d_model: width D of the input and output.
+        num_heads: heads H; must divide both the key and the value width.
+        expand_k: key width over D (all heads together).
+        expand_v: value width over D.
+        gate: ``vector`` (a decay per key channel) or ``scalar`` (one per head).
+        gate_low_rank_dim: rank of the gate's projection.
+        gate_logit_normalizer: divides ``logsigmoid(.)``, so decays start near 1.
+        chunk_size: tokens per chunk of the chunked form.
+        norm_eps: epsilon of the per-head RMSNorm.
+        short_conv: taps of the short causal convolution on q, k, v (0: none).
+        use_kernels: use fla's kernel on CUDA when it is installed.
+    """
+
+    def __init__(self, d_model: int, *, num_heads: int = 4,
                  expand_k: float = 0.5, expand_v: float = 1.0, gate: str = "vector",
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0,
                  chunk_size: int = 32, norm_eps: float = 1e-5, short_conv: int = 0,
@@ -54,7 +72,7 @@ class GatedLinearAttention(SequenceMixer):
             raise ValueError(f"gla: gate={gate!r} is not one of {GATES}")
         if chunk_size < 1:
             raise ValueError(f"gla: chunk_size must be a positive int, got {chunk_size}")
-        self.d_model, self.num_heads, self.layer_idx = d_model, num_heads, layer_idx
+        self.d_model, self.num_heads = d_model, num_heads
         self.key_dim, self.value_dim = key_dim, value_dim
         self.dk, self.dv = key_dim // num_heads, value_dim // num_heads
         self.gate, self.gate_logit_normalizer = gate, gate_logit_normalizer

@@ -44,7 +44,19 @@ EPS = 1e-6
 
 @register("linear_attn")
 class LinearAttention(SequenceMixer):
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, num_heads: int = 4,
+    """Linear attention: ``S_t = S_{t-1} + phi(k_t)^T v_t``, ``o_t = phi(q_t) S_t`` per head.
+
+    Args:
+        d_model: width D of the input and output.
+        num_heads: heads H; must divide ``d_model``.
+        feature_map: ``phi``, one of ``identity``, ``elu+1``, ``relu``.
+        normalize: divide by ``phi(q_t) . z_t``, ``z_t`` the sum of ``phi(k_j)`` so far.
+        chunk_size: tokens per chunk of the chunked form.
+        short_conv: taps of the short causal convolution on q, k, v (0: none).
+        use_kernels: use fla's kernel on CUDA when it is installed.
+    """
+
+    def __init__(self, d_model: int, *, num_heads: int = 4,
                  feature_map: str = "identity", normalize: bool = False, chunk_size: int = 64,
                  short_conv: int = 0, use_kernels: bool = True) -> None:
         super().__init__()
@@ -57,7 +69,6 @@ class LinearAttention(SequenceMixer):
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
         self.feature_map, self.phi = feature_map, FEATURE_MAPS[feature_map]
         self.normalize, self.chunk_size, self.use_kernels = normalize, chunk_size, use_kernels
-        self.layer_idx = layer_idx
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
         self.short_conv = ShortConv(3 * d_model, short_conv, "linear_attn")

@@ -16,10 +16,10 @@ Paths: ``reference`` is the loop over time (``_recurrence.naive_recurrence`` wit
 channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
 ``_selective_scan.selective_scan``, a custom autograd function that keeps only the state
 entering every few steps and recomputes the rest in its hand-written backward (never all T
-states of ``D_in * d_state``), everything time-major ``[T, B, .]`` (the scan's layout; the convolution
-as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan; on CUDA with
-``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the operator's
-chunk (the scan sizes its own). Speed: the scan's cost is a few elementwise ops per step
+states of ``D_in * d_state``), everything time-major ``[T, B, .]`` (the scan's layout; the
+convolution as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan;
+on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the
+operator's chunk (the scan sizes its own). Speed: the scan's cost is a few elementwise ops per step
 over the whole ``[B, d_state, D_in]`` state (its decay differs per state channel and
 channel, so no chunk of it is a matrix product, unlike Mamba-2's scalar decay); see
 benchmarks/step.md. ``step`` keeps the last ``d_conv`` conv inputs and the SSM state.
@@ -47,7 +47,23 @@ from .registry import SequenceMixer, register
 
 @register("mamba")
 class Mamba(SequenceMixer):
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, d_state: int = 16,
+    """Mamba's selective SSM block (S6): input projection, short causal convolution, the
+    selective scan with input-dependent ``Delta``, ``B``, ``C``, and a SiLU-gated output.
+
+    Args:
+        d_model: width D of the input and output.
+        d_state: state size N per channel.
+        d_conv: taps of the causal depthwise convolution.
+        expand: inner width ``D_in = expand * D``.
+        dt_rank: rank of ``Delta``'s projection; ``auto`` is ``ceil(D / 16)``.
+        dt_min, dt_max: range of the log-uniform initial ``Delta``.
+        dt_init_floor: lower bound of the initial ``Delta``.
+        conv_bias: a bias on the convolution.
+        chunk_size: chunk of ``operator``'s chunked form (the scan sizes its own).
+        use_kernels: use mamba-ssm's kernel on CUDA when it is installed.
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
                  conv_bias: bool = True, chunk_size: int = 64, use_kernels: bool = True) -> None:
@@ -61,7 +77,6 @@ class Mamba(SequenceMixer):
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"mamba: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
-        self.layer_idx = layer_idx
         self.d_inner, self.dt_rank = expand * d_model, dt_rank
         self.chunk_size, self.use_kernels = chunk_size, use_kernels
         Di = self.d_inner

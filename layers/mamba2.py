@@ -44,9 +44,23 @@ from .registry import SequenceMixer, register
 @register("mamba2")
 class Mamba2(SequenceMixer):
     """The SSD mixer: one input projection to ``z``, ``xBC`` and ``dt``; the convolution on
-    ``xBC``; per head the scalar-decay recurrence; gate, norm and output projection."""
+    ``xBC``; per head the scalar-decay recurrence; gate, norm and output projection.
 
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, d_state: int = 16,
+    Args:
+        d_model: width D of the input and output.
+        d_state: state size N per head (B and C, shared by the heads).
+        d_conv: taps of the causal depthwise convolution on ``xBC``.
+        expand: inner width ``D_in = expand * D``.
+        head_dim: channels P per head (``H = D_in / P`` heads).
+        dt_min, dt_max: range of the log-uniform initial ``dt``.
+        dt_init_floor: lower bound of the initial ``dt``.
+        conv_bias: a bias on the convolution.
+        chunk_size: tokens per chunk of the chunked form.
+        norm_eps: epsilon of the gated RMSNorm.
+        use_kernels: use fla's kernel on CUDA when it is installed.
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, head_dim: int = 16, dt_min: float = 0.001,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4, conv_bias: bool = True,
                  chunk_size: int = 64, norm_eps: float = 1e-5, use_kernels: bool = True) -> None:
@@ -66,7 +80,7 @@ class Mamba2(SequenceMixer):
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner, self.head_dim = expand * d_model, head_dim
         self.num_heads = self.d_inner // head_dim
-        self.layer_idx, self.chunk_size, self.use_kernels = layer_idx, chunk_size, use_kernels
+        self.chunk_size, self.use_kernels = chunk_size, use_kernels
         Di, N, H = self.d_inner, d_state, self.num_heads
         self.widths = [Di, Di + 2 * N, H]  # z | x, B, C | dt
         self.in_proj = nn.Linear(d_model, sum(self.widths), bias=False)

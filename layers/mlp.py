@@ -21,6 +21,14 @@ def swiglu_hidden(d_model: int, multiple_of: int = 8) -> int:
 
 @register("mlp", kind="channel")
 class SwiGLU(ChannelMixer):
+    """The SwiGLU MLP, ``W_3 (silu(x W_1) * (x W_2))``.
+
+    Args:
+        d_model: width D of the input and output.
+        hidden: hidden width; None: ``8/3 D`` rounded up to a multiple of 8.
+        bias: biases on the projections.
+    """
+
     def __init__(self, d_model: int, *, hidden: int | None = None, bias: bool = False) -> None:
         super().__init__()
         self.hidden = hidden or swiglu_hidden(d_model)
@@ -34,6 +42,12 @@ class SwiGLU(ChannelMixer):
 
 @register("none", kind="channel")
 class NoChannelMixer(ChannelMixer):
+    """No channel mixer: adds nothing to the residual stream (sequence-mixer-only models).
+
+    Args:
+        d_model: width D (unused; every mixer takes it).
+    """
+
     def __init__(self, d_model: int) -> None:
         super().__init__()
 

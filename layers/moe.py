@@ -38,6 +38,21 @@ from .registry import ChannelMixer, register
 
 @register("moe", kind="channel")
 class MixtureOfExperts(ChannelMixer):
+    """Token-choice top-k mixture of SwiGLU experts with a Switch-style balance loss.
+
+    Args:
+        d_model: width D of the input and output.
+        num_experts: experts E.
+        top_k: experts k each token is sent to.
+        expert_hidden: hidden width of each expert; None: SwiGLU's ``8/3 D``.
+        active_hidden: instead of ``expert_hidden``: the hidden units a token sees in all,
+            ``active_hidden / top_k`` per expert, fixed as E grows.
+        capacity_factor: cap each expert at ``ceil(capacity_factor N k / E)`` assignments,
+            dropping the rest; None: dropless.
+        balance_coef: weight of the load-balancing loss.
+        z_coef: weight of the router z-loss (0: off).
+    """
+
     def __init__(self, d_model: int, *, num_experts: int = 8, top_k: int = 2,
                  expert_hidden: int | None = None, active_hidden: int | None = None,
                  capacity_factor: float | None = None, balance_coef: float = 0.01,

@@ -139,7 +139,17 @@ def jagged_operator(log_a: torch.Tensor, block: int = 16) -> torch.Tensor:
 
 @register("phalanx")
 class Phalanx(SequenceMixer):
-    def __init__(self, d_model: int, *, layer_idx: int | None = None, head_dim: int = 16,
+    """Phalanx: sigmoid-gated sliding-window recurrence over jagged windows of one to two
+    blocks, one decay per head (see the module docstring).
+
+    Args:
+        d_model: width D of the input and output; a multiple of ``head_dim``.
+        head_dim: channels per head, which share a decay.
+        block_size: tokens per block BL (a token sees its block so far and the previous one).
+        use_kernels: use the Triton kernels on CUDA when triton is installed.
+    """
+
+    def __init__(self, d_model: int, *, head_dim: int = 16,
                  block_size: int = 16, use_kernels: bool = True) -> None:
         super().__init__()
         if head_dim < 1 or d_model % head_dim:
@@ -148,7 +158,7 @@ class Phalanx(SequenceMixer):
             raise ValueError(f"phalanx: block_size must be a positive int, got {block_size}")
         self.d_model, self.head_dim, self.block_size = d_model, head_dim, block_size
         self.use_kernels = use_kernels
-        self.num_heads, self.layer_idx = d_model // head_dim, layer_idx
+        self.num_heads = d_model // head_dim
         self.abc = nn.Linear(d_model, self.num_heads + 2 * d_model)  # W_a, W_b, W_c with biases
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)

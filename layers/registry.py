@@ -6,7 +6,8 @@ leaderboard row). Two kinds live here: ``sequence`` mixers (token mixing, ``[B, 
 
 The contract a sequence mixer fulfils (see DESIGN.md):
 
-- ``__init__(d_model, *, layer_idx=None, **opts)`` and ``forward(x [B, T, D]) -> [B, T, D]``;
+- ``__init__(d_model, *, **opts)`` (every option keyword-only, with its default) and
+  ``forward(x [B, T, D]) -> [B, T, D]``;
 - ``reference(x)``: the short, obviously-correct fp32 path the tests compare ``forward`` to;
 - ``init_state(batch, device, dtype)`` / ``step(x_t [B, D], state) -> (y_t, state)``;
 - ``state_size(seq_len) -> int``: floats of state the layer needs at that length;

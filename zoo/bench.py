@@ -457,7 +457,8 @@ def bench_ess(lengths: Sequence[int] = (1024,), d_model: int = 128, samples: int
             "max error vs SVD (rel. s_max) |", "|---|---|---|---|"]
     for T in lengths:
         torch.manual_seed(0)
-        model = Backbone(64, d_model=d_model, n_layers=2, pattern="attention").eval()
+        model = Backbone(64, d_model=d_model, n_layers=2, pattern="attention",
+                         mixer_options={"attention": {"num_heads": 4}}).eval()
         tokens = torch.randint(0, 64, (1, T), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ops = [b.mixer.operator(x) for b, x in zip(model.blocks, mixer_inputs(model, tokens))]

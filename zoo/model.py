@@ -47,11 +47,11 @@ def _norm(kind: str, d_model: int, eps: float) -> nn.Module:
 
 class Block(nn.Module):
     def __init__(self, d_model: int, mixer: str, mixer_opts: dict[str, Any], channel: str,
-                 channel_opts: dict[str, Any], layer_idx: int, norm_eps: float,
+                 channel_opts: dict[str, Any], norm_eps: float,
                  norm: str = "rms") -> None:
         super().__init__()
         self.norm1 = _norm(norm, d_model, norm_eps)
-        self.mixer = layers.build(mixer, d_model, layer_idx=layer_idx, **mixer_opts)
+        self.mixer = layers.build(mixer, d_model, **mixer_opts)
         self.norm2 = _norm(norm, d_model, norm_eps)
         self.channel = layers.build(channel, d_model, kind="channel", **channel_opts)
 
@@ -110,7 +110,7 @@ class Backbone(nn.Module):
             self.pos.weight._no_weight_decay = True
         self.blocks = nn.ModuleList(
             Block(d_model, pattern[i % len(pattern)], mixer_options.get(pattern[i % len(pattern)], {}),
-                  channel, dict(channel_options or {}), i, norm_eps, norm)
+                  channel, dict(channel_options or {}), norm_eps, norm)
             for i in range(n_layers))
         self.norm = _norm(norm, d_model, norm_eps)
 

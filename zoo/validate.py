@@ -282,8 +282,6 @@ def _check_model(cfg: dict[str, Any], task: tasks.Task) -> None:
     for k, v in layer.items():
         if k == "name":
             continue
-        if k == "layer_idx":
-            raise ConfigError(f"layer.{k}", v, "is set per block by the model, not an option")
         if k in options:
             check_like(f"layer.{k}", v, options[k])
     opts = {k: v for k, v in layer.items() if k != "name"}

@@ -15,17 +15,18 @@ D = 64
 VARIANTS = {
     "attention": ("attention", {}),
     "swa": ("swa", {"window": 9}),
-    "ssa": ("ssa", {}),
-    "ssa-full": ("ssa", {"temp_weights": "full"}),
+    "ssa": ("ssa", {"token_temp": True, "value_temp": True}),
+    "ssa-full": ("ssa", {"token_temp": True, "value_temp": True, "temp_weights": "full"}),
     "cat": ("cat", {}),
     "cat-depthwise": ("cat", {"depthwise": True, "kernel_size": 4}),
 }
 
 
 def make(variant: str, seed: int = 0, **opts) -> torch.nn.Module:
+    """Four heads unless told (the classes default to one): the tests see heads differ."""
     name, defaults = VARIANTS[variant]
     torch.manual_seed(seed)
-    return layers.build(name, D, **{**defaults, **opts}).eval()
+    return layers.build(name, D, **{"num_heads": 4, **defaults, **opts}).eval()
 
 
 def off_init(m: torch.nn.Module, seed: int = 2) -> torch.nn.Module:
@@ -183,7 +184,7 @@ def test_ssa_query_temperature_sharpens_rows_by_absolute_position():
     """softmax(tau s) = p^tau / sum p^tau: row i of SSA's operator is attention's row raised to
     tau_pos(i) = 1 + c log(i + 1), i the absolute position."""
     ssa, attn = ssa_and_attention("rope")
-    ssa = layers.build("ssa", D, token_temp=False, value_temp=False)
+    ssa = layers.build("ssa", D, num_heads=4)  # the position term alone
     ssa.load_state_dict(attn.state_dict(), strict=False)
     with torch.no_grad():
         ssa.beta_q.zero_()
@@ -197,7 +198,7 @@ def test_ssa_query_temperature_sharpens_rows_by_absolute_position():
 def test_ssa_value_temperature_uses_absolute_position_in_step():
     """With a one-token window, y_t = W_o (tau_v(t) v_t): the stepped output at position t
     must carry 1 + c log(t + 1) for the absolute t."""
-    ssa = layers.build("ssa", D, window=1, token_temp=False)
+    ssa = layers.build("ssa", D, window=1, value_temp=True)
     attn = layers.build("attention", D, window=1)
     ssa.load_state_dict(attn.state_dict(), strict=False)
     with torch.no_grad():
@@ -212,7 +213,7 @@ def test_ssa_value_temperature_uses_absolute_position_in_step():
 def test_ssa_temperatures_get_their_own_optimiser_group():
     from zoo.model import param_groups
 
-    m = layers.build("ssa", D, temp_lr=3e-2)
+    m = layers.build("ssa", D, temp_lr=3e-2, token_temp=True, value_temp=True)
     groups = param_groups(m, weight_decay=0.1)
     (temp,) = [g for g in groups if "lr" in g]
     assert temp["lr"] == 3e-2 and temp["weight_decay"] == 0.0
@@ -225,7 +226,9 @@ def test_ssa_temperatures_get_their_own_optimiser_group():
 
 @pytest.mark.parametrize("temp_weights, per_temperature", [("shared", D), ("full", D * 4)])
 def test_ssa_parameter_budget(temp_weights, per_temperature):
-    attn, ssa = layers.build("attention", D), layers.build("ssa", D, temp_weights=temp_weights)
+    attn = layers.build("attention", D, num_heads=4)
+    ssa = layers.build("ssa", D, num_heads=4, token_temp=True, value_temp=True,
+                       temp_weights=temp_weights)
     extra = sum(p.numel() for p in ssa.parameters()) - sum(p.numel() for p in attn.parameters())
     assert extra == 2 * per_temperature + 2
 

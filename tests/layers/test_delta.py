@@ -5,12 +5,10 @@ b = 1; decay 1 is DeltaNet), strong decay, bf16 autocast, the step, the options,
 adapters with CPU stand-ins."""
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 import layers
 from layers._delta import chunked_delta_rule, delta_operator, naive_delta_rule
@@ -301,14 +299,6 @@ def test_initialisation_and_weight_decay_marks():
 def test_bad_options_fail_by_name(name, opts, message):
     with pytest.raises(ValueError, match=message):
         layers.build(name, D, **opts)
-
-
-@pytest.mark.parametrize("name", MIXERS)
-def test_config_file_holds_the_defaults(name):
-    path = Path(__file__).parents[2] / "configs" / "layer" / f"{name}.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
-    assert cfg.pop("name") == name
-    assert cfg == {k: v for k, v in layers.options(name).items() if k != "layer_idx"}
 
 
 # --- the accelerated paths -------------------------------------------------------------------

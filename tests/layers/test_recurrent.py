@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import layers
 from layers import _selective_scan
@@ -449,15 +448,6 @@ def test_mamba_initialisation():
 def test_bad_options_fail_clearly(name, opts, message):
     with pytest.raises(ValueError, match=message):
         layers.build(name, D, **opts)
-
-
-@pytest.mark.parametrize("name", RECURRENT)
-def test_config_file_holds_the_defaults(name):
-    path = Path(__file__).parents[2] / "configs" / "layer" / f"{name}.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
-    assert cfg.pop("name") == name
-    assert cfg == {k: v for k, v in layers.options(name).items() if k != "layer_idx"}
-    layers.build(name, D, **cfg)
 
 
 def run_checkout_python(code: str, **env: str) -> None:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -38,7 +40,7 @@ def test_positional_choice_is_validated():
 
 def test_options_lists_defaults():
     opts = layers.options("attention")
-    assert opts["num_heads"] == 4 and opts["pos"] == "rope"
+    assert opts["num_heads"] == 1 and opts["pos"] == "rope"
 
 
 def test_register_twice_fails():
@@ -59,3 +61,18 @@ def test_swiglu_hidden_width():
     from layers.mlp import swiglu_hidden
     assert swiglu_hidden(64) == 176 and swiglu_hidden(96) == 256
     assert all(swiglu_hidden(d) % 8 == 0 and swiglu_hidden(d) >= 8 * d / 3 for d in range(8, 300, 8))
+
+
+@pytest.mark.parametrize("kind,name", [(k, n) for k in ("sequence", "channel")
+                                       for n in layers.names(k)])
+def test_every_mixer_class_documents_its_options(kind, name):
+    """Each registered class has a docstring of its own (``inspect.getdoc`` would fall back to
+    the base class's) whose Args name ``d_model`` and every option."""
+    cls = layers.get(name, kind)
+    doc = cls.__dict__.get("__doc__")
+    assert doc, f"{cls.__name__} has no docstring of its own"
+    assert "Args:" in doc, f"{cls.__name__}'s docstring has no Args"
+    args = doc.split("Args:", 1)[1]
+    missing = [o for o in ["d_model", *layers.options(name, kind)]
+               if not re.search(rf"\b{o}\b", args)]
+    assert not missing, f"{cls.__name__}'s Args do not name {missing}"

@@ -25,7 +25,7 @@ BAD = [  # (overrides, the knob the message must name, what it must say)
     (["trainer.val_check_interval=0"], "trainer.val_check_interval=0", "must be an int >= 1"),
     (["seed=abc"], "seed=abc", "must be an int >= 0"),
     (["task.vocab_size=8192.5"], "task.vocab_size=8192.5", "must be an int"),
-    (["+layer.layer_idx=3"], "layer.layer_idx=3", "set per block by the model"),
+    (["+layer.no_such_option=3"], "layer: attention", "unknown option(s) 'no_such_option'"),
     (["task.eval_lengths=[63]"], "task.eval_lengths=[63]", "length 63 is not a valid"),
     (["layer.num_heads=0"], "num_heads", "must be an int >= 1"),
     (["early_stopping.mode=maximum"], "early_stopping.mode=maximum", "must be one of min, max"),
