@@ -26,7 +26,7 @@ REQUIRED = ("schema_version", "run_id", "status", "time", "task", "layer", "conf
 PACKAGES = ("torch", "lightning", "hydra-core", "einops", "torchmetrics")
 # Top-level config keys that say where and how a run is executed, not what it computes: they
 # are left out of a run's identity (``config_key``) and of the hyper-parameters selected over.
-BOOKKEEPING = ("out_dir", "results_dir", "progress_refresh_rate", "logger", "resume",
+BOOKKEEPING = ("out_dir", "results_dir", "progress_refresh_rate", "logger", "callbacks", "resume",
                "checkpoint_dir", "threads", "suite", "keep_checkpoint", "lr_from", "extend")
 
 

@@ -117,6 +117,10 @@ def stop_reason(failure: str | None, curve: list[list[float]], mode: str,
 
 
 def _callbacks(cfg: DictConfig, es: dict[str, Any], ckpt_dir: Path) -> tuple[list, Any]:
+    """The run's own callbacks (the best checkpoint, which the test and the record use; early
+    stopping, which ``stop_reason`` reads; the progress bar), then those the ``callbacks``
+    group adds (``configs/callbacks``: ``callbacks=lr_monitor``), in the order of their names.
+    Returns them and the checkpoint callback."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from .progress import StepProgressBar
@@ -131,6 +135,8 @@ def _callbacks(cfg: DictConfig, es: dict[str, Any], ckpt_dir: Path) -> tuple[lis
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         cbs.append(StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))
+    extra = cfg.get("callbacks") or {}
+    cbs += [hydra.utils.instantiate(extra[name]) for name in sorted(extra)]
     return cbs, ckpt
 
 

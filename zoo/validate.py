@@ -162,6 +162,7 @@ def check(cfg: dict[str, Any]) -> None:
     _check_model(cfg, task)
     _check_early_stopping(cfg, task)
     _check_logger(cfg)
+    _check_callbacks(cfg)
 
 
 def _check_run(cfg: dict[str, Any]) -> None:
@@ -323,15 +324,18 @@ def _check_model(cfg: dict[str, Any], task: tasks.Task) -> None:
     _check_start(cfg, model)
 
 
+def _mapping(cfg: dict[str, Any], knob: str, what: str) -> dict[str, Any]:
+    """The mapping at ``knob`` ({} when absent or null); ConfigError if it is not one."""
+    value = _get(cfg, knob)
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(knob, value, f"must map {what}")
+    return value or {}
+
+
 def _check_mixer_options(cfg: dict[str, Any], pattern: list[str]) -> None:
     """``model.mixer_options``: options for mixers of the pattern, each checked as ``layer``'s
     are (a hybrid's other mixers are built from them)."""
-    given = _get(cfg, "model.mixer_options")
-    if given is None:
-        return
-    if not isinstance(given, dict):
-        raise ConfigError("model.mixer_options", given, "must map mixers of model.pattern to "
-                          "their options")
+    given = _mapping(cfg, "model.mixer_options", "mixers of model.pattern to their options")
     for mixer, opts in given.items():
         knob = f"model.mixer_options.{mixer}"
         if mixer not in pattern:
@@ -384,3 +388,18 @@ def _check_logger(cfg: dict[str, Any]) -> None:
     if needs and not any(importlib.util.find_spec(p) for p in needs):
         raise ConfigError("logger", target.rsplit(".", 1)[-1],
                           f"needs `pip install {needs[0]}`; or use logger=csv (the default)")
+
+
+def _check_callbacks(cfg: dict[str, Any]) -> None:
+    """``callbacks`` (configs/callbacks): a mapping of names to configs that each name a
+    class (``_target_``) of an installed package."""
+    extra = _mapping(cfg, "callbacks", "names to callback configs (configs/callbacks, e.g. "
+                     "callbacks=lr_monitor)")
+    for name, spec in extra.items():
+        target = spec.get("_target_") if isinstance(spec, dict) else None
+        if not isinstance(target, str) or "." not in target:
+            raise ConfigError(f"callbacks.{name}", spec, "must be a mapping with _target_: "
+                              "<module>.<Callback class>")
+        if importlib.util.find_spec(target.split(".")[0]) is None:
+            raise ConfigError(f"callbacks.{name}._target_", target,
+                              f"needs `pip install {target.split('.')[0]}`")
