@@ -3,7 +3,7 @@
     from layers import build, names
     mixer = build("attention", d_model=64, num_heads=4)   # or: from layers import Attention
 
-Importing this package needs torch (and einops) only; accelerated kernels are imported lazily.
+Importing this package needs torch only; accelerated kernels are imported lazily.
 """
 
 from .registry import (ChannelMixer, SequenceMixer, build, get, names, options,  # noqa: F401
