@@ -4,7 +4,7 @@ Every mixer registers under the name used everywhere else (config file stem, CLI
 leaderboard row). Two kinds live here: ``sequence`` mixers (token mixing, ``[B, T, D] ->
 [B, T, D]`` causally) and ``channel`` mixers (per-token MLPs, MoE, ``none``).
 
-The contract a sequence mixer fulfils (see DESIGN.md):
+The contract a sequence mixer fulfils (see ARCHITECTURE.md):
 
 - ``__init__(d_model, *, **opts)`` (every option keyword-only, with its default) and
   ``forward(x [B, T, D]) -> [B, T, D]``;
