@@ -17,6 +17,7 @@ from zoo.export import write_csv
 from zoo.labels import CONFIG_DIR, label, layer_defaults, layer_sequence
 from zoo.model import Backbone, model_kwargs
 from zoo.selection import read
+from zoo.sweeps import distinct_jobs, sweep_jobs
 from zoo.train import run_config
 from zoo.validate import check
 
@@ -162,33 +163,13 @@ def test_no_ratio_figure_without_a_mixer_at_two_ratios(tmp_path):
     assert plots.RATIO not in [p.name for _, p in plots.planned(b, tmp_path / "plots")]
 
 
-def sweep_jobs(experiment):
-    """The jobs of ``python -m zoo.train -m experiment=<experiment>``: its own
-    ``hydra.sweeper.params`` expanded as Hydra's basic sweeper does."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        hcfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    params = [f"{k}={v}" for k, v in hcfg.hydra.sweeper.params.items()]
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONFIG_DIR)))
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(
-        [f"experiment={experiment}", *params])
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 def _arch_runs(tmp_path, experiment):
-    """Each architecture and length of an experiment's sweep: the resolved config of its
-    first job (seed and rate aside, the jobs of one are the same config)."""
-    out, seen = {}, set()
-    for job in sweep_jobs(experiment):
-        arch = tuple(o for o in job if not o.startswith(("seed=", "optim.lr=")))
-        if arch not in seen:
-            seen.add(arch)
-            cfg = resolved(tmp_path, *job)
-            out[(label(cfg), cfg["task"]["seq_len"])] = cfg
+    """Each architecture and length of an experiment's sweep, resolved (seeds and rates aside,
+    its jobs are one config)."""
+    out = {}
+    for job in distinct_jobs(experiment):
+        cfg = resolved(tmp_path, *job)
+        out[(label(cfg), cfg["task"]["seq_len"])] = cfg
     return out
 
 
@@ -243,3 +224,22 @@ def test_the_stages_of_a_hybrid_sweep_meet(tmp_path):
             {k: stage_key(c) for k, c in one.items()}
         suite = next(iter(one.values()))["suite"]
         assert {c["lr_from"] for c in two.values()} == {suite} and suite in selection_stages()
+
+
+def test_the_cost_script_times_a_step_and_costs_a_job(tmp_path):
+    """benchmarks/hybrid_step.py, on a tiny hybrid: a step, an evaluation batch, a job's
+    seconds from them (no timing is asserted)."""
+    import importlib.util
+
+    path = CONFIG_DIR.parent / "benchmarks" / "hybrid_step.py"
+    spec = importlib.util.spec_from_file_location("hybrid_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = bench.resolved(["experiment=hybrid_recall", "arch=hybrid/gla_attention_3to1",
+                          "model.d_model=16", "task.num_val=8", "task.num_test=8"])
+    (r,) = bench.measure([cfg], rounds=1)
+    assert r["label"] == "gla:attention 3:1 x8" and r["T"] == 64
+    assert r["step_s"] > 0 and r["eval_s"] > 0 and r["tokens_per_s"] > 0
+    # 5,000 steps, 25 validations of one batch, 4 test sets (the mix and 3 slices) of one
+    assert bench.job_seconds(cfg, {(r["label"], 64): r}) == pytest.approx(
+        5000 * r["step_s"] + (25 + 4) * r["eval_s"])
