@@ -3,6 +3,8 @@
 - ``optional_import``, ``kernel_module``: an accelerated kernel's module (fla, mamba-ssm, the
   zoo's Triton kernels) only where it should run, imported lazily at the first forward that
   could use it, never at import, so ``layers`` imports on a machine without them;
+- ``kernels_on_cpu``: the tests' switch that sends CPU tensors to those kernels too, where
+  Triton's interpreter runs them (``TRITON_INTERPRET=1``);
 - ``call_time_major``: fla's ``[B, T, H, d]`` calling convention across its releases;
 - ``fp32``: a region with autocast off, so a recurrence stays in fp32 under bf16/fp16;
 - ``pad_time``: zero-padding the time axis to a multiple of a chunk or block.
@@ -31,10 +33,27 @@ def optional_import(name: str) -> ModuleType | None:
         return None
 
 
+_ON_CPU = False  # kernels_on_cpu() turns it on
+
+
+@contextmanager
+def kernels_on_cpu() -> Iterator[None]:
+    """Within the block, ``kernel_module`` dispatches CPU tensors too, so a test runs the
+    layers' own accelerated path on a machine without a GPU: Triton kernels (fla's, Phalanx's)
+    then run in Triton's interpreter, which ``TRITON_INTERPRET=1`` selects when the kernel's
+    module is first imported. For tests only: compiled Triton kernels fail on CPU tensors."""
+    global _ON_CPU
+    before, _ON_CPU = _ON_CPU, True
+    try:
+        yield
+    finally:
+        _ON_CPU = before
+
+
 def kernel_module(name: str, x: torch.Tensor, enabled: bool = True) -> ModuleType | None:
     """The accelerated-kernel module ``name`` if it should be used for ``x``: only when
-    enabled, ``x`` lives on CUDA and the package imports."""
-    if not (enabled and x.is_cuda):
+    enabled, ``x`` lives on CUDA (or ``kernels_on_cpu`` is on) and the package imports."""
+    if not (enabled and (x.is_cuda or _ON_CPU)):
         return None
     return optional_import(name)
 

@@ -3,7 +3,8 @@ any recent NVIDIA GPU (the paper's own kernel targets one GPU generation).
 
 Imported only through ``_dispatch.kernel_module`` when a forward runs on CUDA: this module imports
 triton at its top, so it is never loaded on a CPU-only install. Under ``TRITON_INTERPRET=1``
-the same kernels run on CPU tensors (the tests do that at tiny shapes).
+the same kernels run on CPU tensors (the tests do that at tiny shapes, through
+``_dispatch.kernels_on_cpu``).
 
 One program per (row, block): no program waits on another.
 - Forward: rerun the previous block's local recurrence from zero to get its end ``e`` (BL

@@ -41,3 +41,21 @@ def assert_same_function(fast: Callable[..., torch.Tensor], reference: Callable[
     names = list(names) or [f"input {i}" for i in range(len(inputs))]
     for name, a, b in zip(names, grads, grads_ref):
         assert_rel_close(a, b, tol, what=f"grad of {name}")
+
+
+def assert_matches_reference(module: torch.nn.Module, x: torch.Tensor, tol: float = 5e-3) -> None:
+    """A mixer's ``forward`` against its ``reference`` on ``x``: the outputs, and the grads of
+    ``x`` and of every parameter under one random cotangent (a parameter neither path uses is
+    skipped)."""
+    x = x.detach().clone().requires_grad_()
+    wrt = [x, *module.parameters()]
+    y = module(x)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)
+    grads = torch.autograd.grad(y, wrt, gy, allow_unused=True)
+    y_ref = module.reference(x)
+    grads_ref = torch.autograd.grad(y_ref, wrt, gy, allow_unused=True)
+    assert_rel_close(y, y_ref, tol, what="output")
+    names = ["x", *(n for n, _ in module.named_parameters())]
+    for name, a, b in zip(names, grads, grads_ref):
+        if a is not None or b is not None:
+            assert_rel_close(a, b, tol, what=f"grad of {name}")

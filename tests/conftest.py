@@ -1,7 +1,14 @@
+import os
 import random
 
 import pytest
 import torch
+
+# Without CUDA, Triton kernels run only in Triton's interpreter, which Triton selects when
+# triton.language is first imported (lightning imports it): so here, before any test module
+# imports lightning (tests/layers/test_interpreted_kernels.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

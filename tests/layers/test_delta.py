@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import layers
 from layers._delta import chunked_delta_rule, delta_operator, naive_delta_rule
 from layers._recurrence import naive_recurrence
-from layers.testing import assert_rel_close, rel_rms_error
+from layers.testing import assert_matches_reference, assert_rel_close, rel_rms_error
 
 MIXERS = ["deltanet", "gated_deltanet", "mamba2"]
 D = 32
@@ -161,32 +161,19 @@ def test_kernels_compute_in_fp32_under_autocast():
 
 # --- the layers ------------------------------------------------------------------------------
 
-def check_against_reference(m: torch.nn.Module, x: torch.Tensor, tol: float = 1e-5) -> None:
-    """Outputs, input grads and every parameter grad of forward vs reference."""
-    x = x.clone().requires_grad_()
-    y = m(x)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
-    grads = torch.autograd.grad(y, [x, *m.parameters()], g)
-    y_ref = m.reference(x)
-    grads_ref = torch.autograd.grad(y_ref, [x, *m.parameters()], g)
-    assert_rel_close(y, y_ref, tol, what="output")
-    for n, a, b in zip(["x", *(n for n, _ in m.named_parameters())], grads, grads_ref):
-        assert_rel_close(a, b, tol, what=f"grad of {n}")
-
-
 @pytest.mark.parametrize("name,opts", [
     ("deltanet", {"short_conv": 0}), ("deltanet", {"output_gate": True, "chunk_size": 16}),
     ("gated_deltanet", {"short_conv": 0, "output_gate": False, "expand_v": 1.0}),
     ("mamba2", {"d_state": 8, "head_dim": 8, "chunk_size": 16})], ids=str)
 def test_options_match_reference(name, opts):
-    check_against_reference(make(name, **opts), inputs(100))
+    assert_matches_reference(make(name, **opts), inputs(100), 1e-5)
 
 
 @pytest.mark.parametrize("T", [1, 2, 17])
 @pytest.mark.parametrize("name", MIXERS)
 def test_edge_lengths(name, T):
     """Shorter than the convolution, one token, and past a chunk of 16 by one."""
-    check_against_reference(make(name, chunk_size=16), inputs(T))
+    assert_matches_reference(make(name, chunk_size=16), inputs(T), 1e-5)
 
 
 def _strong_decay(name: str, m: torch.nn.Module) -> torch.nn.Module:
@@ -353,7 +340,7 @@ def test_fla_kernel_matches_pure_torch(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", MIXERS)
 def test_pure_torch_paths_on_cuda(name):
-    check_against_reference(make(name, use_kernels=False).cuda(), inputs(100).cuda(), 1e-4)
+    assert_matches_reference(make(name, use_kernels=False).cuda(), inputs(100).cuda(), 1e-4)
 
 
 def test_no_fla_import_on_cpu():
