@@ -26,25 +26,23 @@ import os
 # alone: 11.6 s, against 10.4 s with full spinning; 150 steps of the default run, 2026-11-23).
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
-import contextlib
-import fcntl
-import hashlib
 import logging
-import shutil
 import sys
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import split_task_config
-from .labels import label, layer_defaults
+from .identity import extended_run, identity, run_config, selected_lr, start_point
+from .labels import label
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
-                     package_versions, without_neutral, write_record)
+                     package_versions, write_record)
+from .run_files import discard_run_dir, drop_checkpoints, exclusive, prune_empty, resume_point
 from .validate import ConfigError, check
 
 log = logging.getLogger("zoo.train")
@@ -76,29 +74,6 @@ def _quiet() -> None:
 
 def _is_rank_zero() -> bool:
     return all(int(os.environ.get(v, "0") or 0) == 0 for v in RANK_VARS)
-
-
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[str | None]:
-    """Hold an advisory lock on ``path`` for the block; yields None when held, else the
-    holder's note (``pid@host``). The kernel drops the lock when its process dies, so a killed
-    run never leaves a stale lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode(), 0)
-        try:
-            yield None
-        finally:
-            path.unlink(missing_ok=True)  # still held: a newcomer locks a fresh file
-    finally:
-        os.close(fd)
 
 
 def stop_reason(failure: str | None, curve: list[list[float]], mode: str,
@@ -140,22 +115,6 @@ def _callbacks(cfg: DictConfig, es: dict[str, Any], ckpt_dir: Path) -> tuple[lis
     return cbs, ckpt
 
 
-def _resume_point(ckpt_dir: Path) -> tuple[str | None, int]:
-    """``last.ckpt`` of an interrupted run and its step, or (None, 0) when there is none or it
-    cannot be read (a kill while it was being written): then the run starts afresh."""
-    import torch
-
-    last = ckpt_dir / "last.ckpt"
-    if not last.exists():
-        return None, 0
-    try:
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        return str(last), int(state["global_step"])
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means start over
-        log.warning("ignoring unreadable checkpoint %s (%s): starting afresh", last, e)
-        return None, 0
-
-
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Validate, train, test and record one run; returns the record written (or, when the run
     is skipped, the finished record it found or ``{"status": "skipped", ...}``).
@@ -171,7 +130,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
                     "earlier): recording %s", git_sha(), sha, sha)
     cfg_dict = run_config(cfg)
     check(cfg_dict)  # every knob, before any import of Lightning and before any work
-    start = _start_point(cfg_dict)
+    start = start_point(cfg_dict)
     _quiet()
 
     import torch
@@ -181,10 +140,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         torch.set_num_threads(threads)
     torch.set_float32_matmul_precision("high")
     task_name, knobs, _ = split_task_config(cfg_dict["task"])
-    selection = _select_lr(cfg_dict, knobs) if cfg_dict.get("lr_from") else None
+    selection = selected_lr(cfg_dict, knobs) if cfg_dict.get("lr_from") else None
     extends = None
     if cfg_dict.get("extend"):
-        extends = _to_extend(cfg_dict, knobs)
+        extends = extended_run(cfg_dict, knobs)
         if extends is None:
             return {"status": "skipped", "reason": "nothing to extend"}
     key = config_key(identity(cfg_dict, start))
@@ -198,90 +157,6 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
                            selection, start, extends)
     finally:
         prune_empty(keyed_dir, Path(cfg.checkpoint_dir))
-
-
-def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config a run records and hashes into its key, without the knobs newer than
-    the first records that sit at their neutral value (``record.NEUTRAL``: no ``ckpt_path``,
-    an unlooped, RMS-normed model), so configs and keys are what they were before those
-    knobs existed.
-
-    A hybrid's mixers other than ``layer`` take their options from their own
-    ``configs/layer/<name>.yaml`` (what ``layer=<name>`` would give them), overridden by
-    ``model.mixer_options[<name>]``, and the record holds them all: ``[gla, attention]`` is the
-    zoo's gla and the zoo's attention, and the record says so."""
-    cfg_dict = without_neutral(OmegaConf.to_container(cfg, resolve=True))
-    model, layer = cfg_dict.get("model"), cfg_dict.get("layer")
-    if isinstance(model, dict) and isinstance(layer, dict):
-        pattern = model.get("pattern") or []
-        pattern = [pattern] if isinstance(pattern, str) else pattern
-        given = model.get("mixer_options") or {}
-        for name in dict.fromkeys(p for p in pattern if p != layer.get("name")):
-            defaults = layer_defaults(name) if isinstance(name, str) else None
-            if defaults is not None:
-                given[name] = {**defaults, **(given.get(name) or {})}
-        if given:
-            model["mixer_options"] = given
-    return cfg_dict
-
-
-def _start_point(cfg_dict: dict[str, Any]) -> dict[str, str] | None:
-    """The starting checkpoint (``ckpt_path``, made absolute in ``cfg_dict``) and its sha256."""
-    if cfg_dict.get("ckpt_path") is None:
-        return None
-    path = Path(cfg_dict["ckpt_path"]).expanduser().resolve()
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    cfg_dict["ckpt_path"] = str(path)
-    return {"path": str(path), "sha256": digest.hexdigest()}
-
-
-def identity(cfg_dict: dict[str, Any], start: dict[str, str] | None) -> dict[str, Any]:
-    """What a run's config key hashes: its config, with a starting checkpoint named by its
-    contents rather than its path."""
-    return cfg_dict if start is None else {**cfg_dict, "ckpt_path": f"sha256:{start['sha256']}"}
-
-
-def _monitor(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> tuple[str, str]:
-    """The validation metric a run selects on (without ``val/``) and its mode."""
-    import tasks
-
-    es = cfg_dict["early_stopping"]
-    if es["monitor"]:
-        return es["monitor"].split("/", 1)[1], es["mode"]
-    return tasks.build(cfg_dict["task"]["name"], **knobs).monitor
-
-
-def _to_extend(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any] | None:
-    """``extend=true``: the shorter run of this config and seed this run replaces (it stopped
-    at its cap while still improving; ``zoo.two_stage.to_extend``), for the record, or None
-    (said in the log) when there is none: the run is skipped."""
-    from .two_stage import ladder_root_steps, to_extend
-
-    prev, why = to_extend(cfg_dict, cfg_dict["results_dir"], _monitor(cfg_dict, knobs)[1])
-    log.info("%s", why if prev else f"skipping: {why}")
-    if prev is None:
-        return None
-    return {"run_id": prev["run_id"], "max_steps": prev["config"]["trainer"]["max_steps"],
-            "root_max_steps": ladder_root_steps(prev), "reason": why}
-
-
-def _select_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
-    """Stage 2 of a two-stage sweep: set ``optim.lr`` to the rate stage ``lr_from`` chose on
-    validation for this config (``zoo.two_stage``); returns the evidence for the record."""
-    from .two_stage import select_lr
-
-    metric, mode = _monitor(cfg_dict, knobs)
-    try:
-        lr, evidence = select_lr(cfg_dict, cfg_dict["results_dir"], cfg_dict["lr_from"],
-                                 metric, mode)
-    except LookupError as e:
-        raise ConfigError("lr_from", cfg_dict["lr_from"], str(e)) from None
-    cfg_dict["optim"]["lr"] = lr
-    log.info("learning rate %g, selected on stage %s's validation", lr, cfg_dict["lr_from"])
-    return evidence
 
 
 def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
@@ -331,7 +206,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     resume_from, resumed_step = None, 0
     if cfg.get("resume"):
         ckpt_dir = keyed_dir
-        resume_from, resumed_step = _resume_point(ckpt_dir)
+        resume_from, resumed_step = resume_point(ckpt_dir)
     else:
         ckpt_dir = Path(cfg.out_dir) / "checkpoints"
 
@@ -407,7 +282,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     }
     if trainer.is_global_zero:
         path = write_record(cfg.results_dir, record)
-        _drop_checkpoints(ckpt_dir, keep_best=keep)
+        drop_checkpoints(ckpt_dir, keep_best=keep)
         headline = f"test/{task.metrics[0]}"
         log.info("%s run %s (%s, %d steps): %s %s, record %s", status, record["run_id"],
                  record["stop_reason"], record["steps"], headline,
@@ -415,48 +290,12 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     return record
 
 
-def _drop_checkpoints(ckpt_dir: Path, keep_best: bool) -> None:
-    """Once the record is written the resume checkpoint has done its job; the best one stays
-    only where asked (``keep_checkpoint=true``)."""
-    for name in ("last.ckpt", *(() if keep_best else ("best.ckpt",))):
-        (ckpt_dir / name).unlink(missing_ok=True)
-
-
-def prune_empty(path: Path, stop: Path) -> None:
-    """Remove ``path`` and its parents up to ``stop`` (included) while they are empty."""
-    path, stop = path.resolve(), stop.resolve()
-    for d in (path, *path.parents):
-        if d != stop and stop not in d.parents:
-            break
-        try:
-            d.rmdir()
-        except OSError:
-            break
-        if d == stop:
-            break
-
-
-def _discard_run_dir() -> None:
-    """Remove the directory Hydra made for a run that never started, and the parents it made
-    for it that are now empty (``outputs/<task>/<layer>/``)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        hc = HydraConfig.get()
-        out, top = Path(hc.runtime.output_dir).resolve(), Path(hc.runtime.cwd).resolve()
-    except (ValueError, AttributeError):
-        return
-    shutil.rmtree(out, ignore_errors=True)
-    if top in out.parents:
-        prune_empty(out.parent, top / out.relative_to(top).parts[0])
-
-
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg)
     except ConfigError as e:
-        _discard_run_dir()
+        discard_run_dir()
         if os.environ.get("ZOO_DEBUG"):
             raise
         print(f"error: {e}  (ZOO_DEBUG=1 shows the traceback)", file=sys.stderr)
