@@ -6,6 +6,7 @@ import torch
 
 import layers
 from zoo import bench
+from zoo.bench import ess, gen, generate, mixers, step, timing
 
 
 def test_mixers_suite_runs_tiny(capsys):
@@ -33,17 +34,17 @@ def test_kernel_pair_found_through_the_contract(name, fast, reference):
     module = layers.build(name, 32)
     home = sys.modules[type(module).forward.__module__]
     before = dict(vars(home))
-    pair = bench._kernel_pair(module, torch.randn(2, 20, 32))
+    pair = mixers._kernel_pair(module, torch.randn(2, 20, 32))
     assert dict(vars(home)) == before
     if fast is None:
         assert pair is None
         return
     assert [fn.__name__ for fn, _, _ in pair] == [fast, reference]
-    assert all(bench._time_kernel(fn, args, kwargs, 1) > 0 for fn, args, kwargs in pair)
+    assert all(mixers._time_kernel(fn, args, kwargs, 1) > 0 for fn, args, kwargs in pair)
 
 
 def test_step_suite_times_every_mixer_against_attention():
-    rows = bench.bench_step(names=["gla", "mamba"], d_model=16, repeats=1)
+    rows = step.bench_step(names=["gla", "mamba"], d_model=16, repeats=1)
     assert "vocab_size=8192" in rows[0] and "'channel': 'none'" in rows[0]
     cells = {r.split("|")[1].strip(): r.split("|")[2:4] for r in rows if r.startswith("| ")}
     assert set(cells) == {"mixer", "gla", "mamba"}  # attention is timed, not listed unasked
@@ -53,9 +54,9 @@ def test_step_suite_times_every_mixer_against_attention():
 
 KEEP_FREED = """
 import resource, sys, torch
-from zoo import bench
+from zoo.bench import timing
 if sys.argv[1] == "keep":
-    assert bench.keep_freed_memory()
+    assert timing.keep_freed_memory()
 def faults_of_a_fresh_64mib_tensor():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 * 2 ** 20)  # 64 MiB, written, then freed
@@ -77,15 +78,15 @@ def test_keep_freed_memory_reuses_large_blocks():
 
 
 def test_scaling_rows_divide_by_the_base_length():
-    rows = bench._scaling_rows({"lin": {1024: 0.5, 4096: 2.0, 16384: 8.0},
+    rows = mixers._scaling_rows({"lin": {1024: 0.5, 4096: 2.0, 16384: 8.0},
                                 "quad": {1024: 1.0, 4096: 16.0}, "short": {256: 1.0}})
     assert "| lin | 4.0 | 16.0 |" in rows and "| quad | 16.0 |  |" in rows
     assert not any(r.startswith("| short") for r in rows)
-    assert bench._scaling_rows({"short": {256: 1.0}}) == []
+    assert mixers._scaling_rows({"short": {256: 1.0}}) == []
 
 
 def test_mixers_suite_skips_lengths_over_budget():
-    rows = bench.bench_mixers(lengths=[16, 32], d_model=32, batch=1, names=["linear_attn"],
+    rows = mixers.bench_mixers(lengths=[16, 32], d_model=32, batch=1, names=["linear_attn"],
                               repeats=1, budget=0.0, naive=[], memory=False)
     assert any("| linear_attn | 32 | skipped" in r for r in rows)
 
@@ -95,12 +96,12 @@ def test_peak_memory_counts_allocations():
         x = torch.empty(2 ** 20)  # 4 MiB, freed on return
         x.fill_(1.0)
 
-    peak = bench.peak_memory_bytes(alloc, torch.device("cpu"))
+    peak = timing.peak_memory_bytes(alloc, torch.device("cpu"))
     assert peak is None or 4 * 2 ** 20 <= peak < 5 * 2 ** 20  # None: profiler API changed
 
 
 def test_generate_suite_shows_constant_state_for_recurrent_mixers():
-    rows = bench.bench_generate(tokens=8, d_model=32, batch=1, names=["gla", "attention"])
+    rows = generate.bench_generate(tokens=8, d_model=32, batch=1, names=["gla", "attention"])
     gla = next(r for r in rows if r.startswith("| gla |"))
     attention = next(r for r in rows if r.startswith("| attention |"))
     assert "| 1.0x |" in gla and "| 8.0x |" in attention
@@ -112,14 +113,14 @@ def test_unknown_suite_fails():
 
 
 def test_ess_suite_reports_time_and_agreement():
-    rows = bench.bench_ess(lengths=[32], d_model=32, samples=3)
+    rows = ess.bench_ess(lengths=[32], d_model=32, samples=3)
     row = next(r for r in rows if r.startswith("| 32 |"))
     assert float(row.split("|")[4]) < 1e-6
     assert "load average" in rows[0]
 
 
 def test_gen_suite_reports_wall_and_cpu_seconds():
-    rows = bench.bench_gen(n=500, names=["copying", "induction"])
+    rows = gen.bench_gen(n=500, names=["copying", "induction"])
     assert rows[0].startswith("Load average before:")
     for name in ("copying", "induction"):
         row = next(r for r in rows if r.startswith(f"| {name} |"))
