@@ -86,10 +86,18 @@ def layer_ess(model: Backbone, tokens: torch.Tensor, positions: Sequence[int] | 
             if not type(mixer).supports("operator"):
                 out.append(None)
                 continue
-            with torch.no_grad():
-                op = mixer.operator(x)  # [B, heads, T, T]
-            out.append({"mixer": mixer.registry_name, "ess": E.ess(op, positions, tol=tol),
-                        "heads": op.shape[1], "channels": mixer.operator_channels(),
+            # one sequence at a time: an operator is [heads, T, T] per sequence, and a batch
+            # of them does not fit at long lengths (mamba at T 1,024, d 128: 4 GB each)
+            per_seq = []
+            for seq in x.split(1):
+                with torch.no_grad():
+                    op = mixer.operator(seq)  # [1, heads, T, T]
+                per_seq.append(E.ess(op, positions, tol=tol))
+                del op
+            ess = E.ESS(per_seq[0].positions, torch.cat([r.tolerance for r in per_seq]),
+                        torch.cat([r.entropy for r in per_seq]))
+            out.append({"mixer": mixer.registry_name, "ess": ess,
+                        "heads": ess.tolerance.shape[1], "channels": mixer.operator_channels(),
                         "tss": int(mixer.state_size(T))})
     finally:
         model.train(was_training)

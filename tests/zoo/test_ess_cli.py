@@ -19,6 +19,22 @@ def test_mixer_inputs_are_the_normed_residual_stream():
         assert torch.allclose(xs[0], model.blocks[0].norm1(model.embed(tokens)))
 
 
+def test_layer_ess_of_each_sequence_equals_the_batched_operators():
+    """layer_ess takes the operator a sequence at a time (memory at long lengths): the same
+    ESS by sequence, head and position as the whole batch's operator."""
+    torch.manual_seed(0)
+    model = Backbone(16, d_model=16, n_layers=2, pattern=["mamba", "gla"]).eval()
+    tokens = torch.randint(0, 16, (3, 23))
+    got = ess.layer_ess(model, tokens, positions=[1, 7, 22])
+    for block, x, entry in zip(model.blocks, ess.mixer_inputs(model, tokens), got):
+        with torch.no_grad():
+            want = ess.E.ess(block.mixer.operator(x), [1, 7, 22])
+        assert entry["ess"].tolerance.shape == want.tolerance.shape == (3, entry["heads"], 3)
+        assert torch.equal(entry["ess"].positions, want.positions)
+        assert torch.allclose(entry["ess"].tolerance, want.tolerance)
+        assert torch.allclose(entry["ess"].entropy, want.entropy, rtol=1e-4, atol=1e-5)
+
+
 class Shift(SequenceMixer):
     """A token shift: causal, but with no operator (every registered mixer has one)."""
 
