@@ -5,6 +5,7 @@
     python -m zoo.leaderboard --results runs --out mine.md  # your own runs (figures: mine_plots/)
     python -m zoo.leaderboard --suite frontier              # one suite: leaderboard-frontier.md
     python -m zoo.leaderboard --csv records.csv             # every readable record, a row each
+    python -m zoo.leaderboard --unfinished                  # records to extend, not to publish
 
 Honest selection (``zoo.selection``): within each row (task setting x architecture x width x
 suite) the hyper-parameters are chosen on the mean validation metric over seeds, and the row
@@ -27,7 +28,9 @@ from pathlib import Path
 from . import ess_study, plots
 from .export import write_csv
 from .render import render
+from .labels import label
 from .selection import Board, matrix, matrix_suite, read, recall_suite, summarise
+from .two_stage import unfinished
 
 RESULTS, OUT = "results", "leaderboard.md"
 
@@ -94,7 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", metavar="FILE", help="write every readable record as a CSV row "
                                                   "to FILE instead of the markdown")
     ap.add_argument("--check", action="store_true", help="exit 1 if --out is stale, write nothing")
+    ap.add_argument("--unfinished", action="store_true",
+                    help="list the second-stage records that stopped at their step cap while still "
+                         "improving (path, label, width), one per line, and write nothing: commit "
+                         "the other records; the budget ladder (extend=true) trains these longer")
     args = ap.parse_args(argv)
+    if args.unfinished:
+        recs = read(args.results)
+        for path, rec in unfinished(recs.of_suite(args.suite) if args.suite else recs):
+            print(f"{Path(args.results) / path}\t{label(rec['config'])}\t"
+                  f"d={rec['config']['model']['d_model']}\t{rec['config'].get('suite')}")
+        return 0
     b = board(args.results, args.suite)
     report(b)
     if args.csv:

@@ -94,6 +94,23 @@ def still_improving(curve: list, mode: str = "max", tail: float = TAIL,
     return bool(before and after) and max(after) > max(before) + margin
 
 
+def unfinished(records: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The counted second-stage records (their preset takes its rate from a first stage,
+    ``lr_from``) that stopped at their step cap while still improving, with their paths: numbers
+    set by the budget, not the architecture. They are not published: the budget ladder
+    (``extend=true``, e.g. ``experiment=frontier/long``) trains them longer first, and the longer
+    run is published with them. ``records`` is a ``zoo.selection.Records``."""
+    out = []
+    for path, rec in records.entries:
+        cfg = rec.get("config") or {}
+        mode = (cfg.get("early_stopping") or {}).get("mode", "max")
+        if (records.is_counted(path) and cfg.get("lr_from")
+                and rec.get("stop_reason") == "max_steps"
+                and still_improving(rec.get("val_curve") or [], mode)):
+            out.append((path, rec))
+    return out
+
+
 def ladder_key(config: dict[str, Any]) -> str:
     """The identity of a config up to its step cap and early stopping (which a record holds
     resolved: the task's monitor filled in) and bookkeeping: the runs of one config and seed

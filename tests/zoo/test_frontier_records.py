@@ -8,7 +8,7 @@ import pytest
 
 from zoo.labels import label
 from zoo.selection import read
-from zoo.two_stage import still_improving
+from zoo.two_stage import still_improving, unfinished
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
@@ -37,8 +37,9 @@ def test_every_frontier_record_says_how_it_stopped(suite):
         assert rec["val_curve"] and rec["config"]["task"]["fresh"], path
 
 
-def test_no_frontier_run_stopped_at_max_steps_while_improving():
-    bad = [(str(p.relative_to(RESULTS)), label(rec["config"]), rec["config"]["model"]["d_model"])
-           for p, rec in _frontier("frontier")
-           if rec["stop_reason"] == "max_steps" and still_improving(rec["val_curve"])]
+def test_no_published_run_stopped_at_max_steps_while_improving():
+    """Every suite's second stage, not only the frontier's: `python -m zoo.leaderboard
+    --unfinished` lists such records so that they are held back until extended."""
+    bad = [(p, label(rec["config"]), rec["config"]["model"]["d_model"])
+           for p, rec in unfinished(read(RESULTS))]
     assert not bad, f"stopped at max_steps while improving: {bad}"

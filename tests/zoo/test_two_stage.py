@@ -88,9 +88,12 @@ RISING = [[s, s / 5000] for s in range(500, 5001, 500)]  # still improving at it
 FLAT = [[s, 0.5] for s in range(500, 5001, 500)]
 
 
-def _rung(tmp_path, n, steps, curve, stop="max_steps", seed=0, extends=None, acc=0.5):
+def _rung(tmp_path, n, steps, curve, stop="max_steps", seed=0, extends=None, acc=0.5,
+          lr_from=None):
     cfg = copy.deepcopy(BASE)
     cfg["trainer"], cfg["seed"] = {"max_steps": steps}, seed
+    if lr_from:  # a second stage: its own suite, its rate from ``lr_from``'s
+        cfg["lr_from"], cfg["suite"] = lr_from, "s2"
     rec = {"schema_version": 1, "run_id": f"r{n}", "status": "completed", "time": f"t{n}",
            "task": "state_size", "layer": "gla", "config": cfg, "seed": seed,
            "metrics": {"val/acc": curve[-1][1], "test/acc": acc}, "val_curve": curve,
@@ -140,3 +143,22 @@ def test_a_longer_run_is_counted_in_the_place_of_the_run_it_extends(tmp_path):
     # one choice of hyper-parameters over both seeds: the solved 5,000-step run and the
     # 20,000-step run in the place of the one that was still improving
     assert sorted(r["run_id"] for r in row.chosen) == ["r2", "r3"]
+
+
+def test_unfinished_lists_second_stage_runs_stopped_while_improving_until_extended(tmp_path,
+                                                                                    capsys):
+    from zoo.leaderboard import main
+    from zoo.selection import read
+    from zoo.two_stage import unfinished
+    _rung(tmp_path, 1, 5000, RISING)                       # stage 1 (no lr_from): not listed
+    assert unfinished(read(tmp_path)) == []
+    for n, (curve, stop, seed) in enumerate([(RISING, "max_steps", 0), (FLAT, "max_steps", 1),
+                                             (RISING, "solved", 2)], start=5):
+        _rung(tmp_path, n, 5000, curve, stop=stop, seed=seed, lr_from="s1")
+    assert [r["run_id"] for _, r in unfinished(read(tmp_path))] == ["r5"]
+    assert main(["--results", str(tmp_path), "--unfinished"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].endswith("state_size/gla/r5.json\tgla\td=64\ts2")
+    _rung(tmp_path, 8, 20000, [[s, 0.9] for s in range(2000, 20001, 2000)], stop="plateau",
+          extends={"run_id": "r5", "root_max_steps": 5000}, lr_from="s1")
+    assert unfinished(read(tmp_path)) == []                # the longer run takes its place
