@@ -21,6 +21,9 @@ sets it also scores the task's reference estimators on the same prompts (``basel
 ``<name>_<metric>``) and keeps the task's slices of a test set (``<m>@n=<i>``: the error at
 each number of in-context examples), reported as ``test/<m>@n=<i>`` for the trained length
 and ``test/<m>@n=<i>,len=<L>`` for each evaluation length.
+
+Every count, token or continuous, is summed in a ``zoo.metrics.Sums`` (a torchmetrics
+``Metric``) per split: over the split's batches, then over DDP ranks at the epoch's end.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import tasks
+from .metrics import Sums
 from .model import Backbone, param_groups
 
 
@@ -64,7 +68,9 @@ class ZooModule(L.LightningModule):
         self.steps_done: int | None = None  # optimiser steps that updated weights, on failure
         self.layer_stats: dict[str, float] = {}  # of the last training step
         self.metrics: dict[str, float] = {}
-        self._counts: dict[str, torch.Tensor] = {}
+        # The counts of each split being scored ("val", "test<i>"), summed over its batches.
+        # Kept out of the module tree: precision's dtype casts must not reach the float64 sums.
+        self._counts: dict[str, Sums] = {}
         self._train_tokens = 0
         self.train_examples = 0
         self._train_seconds = 0.0
@@ -140,9 +146,9 @@ class ZooModule(L.LightningModule):
         self._add(key, c)
 
     def _add(self, key: str, counts: dict[str, float]) -> None:
-        acc = self._counts.setdefault(key, {})
-        for k, v in counts.items():
-            acc[k] = acc.get(k, 0.0) + v
+        if key not in self._counts:
+            self._counts[key] = Sums().to(self.device)
+        self._counts[key].update(counts)
 
     def _generated(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Free-running greedy predictions ``[N, T]`` at the supervised positions (IGNORE
@@ -162,12 +168,9 @@ class ZooModule(L.LightningModule):
         return preds
 
     def _finish(self, key: str, task: Any = None) -> dict[str, float]:
-        empty = {} if self.model.continuous else {k: 0.0 for k in COUNTS}
-        counts = self._counts.pop(key, None) or empty
-        names = sorted(counts)  # the same on every rank: the same tasks made the batches
-        row = torch.tensor([counts[k] for k in names], dtype=torch.float64, device=self.device)
-        row = self.trainer.strategy.reduce(row, reduce_op="sum")  # sums over DDP ranks
-        summed = dict(zip(names, row.tolist()))
+        if key not in self._counts:  # no batch: the token counts at zero (none if continuous)
+            self._add(key, {} if self.model.continuous else dict.fromkeys(COUNTS, 0.0))
+        summed = self._counts.pop(key).compute()  # summed over DDP ranks
         if self.model.continuous:
             return _continuous(task).rates(summed) if summed else {}
         rates = tasks.rates({k: summed[k] for k in COUNTS})
