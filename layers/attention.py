@@ -12,6 +12,15 @@ Paths: ``reference`` materialises the attention matrix in fp32; ``forward`` uses
 ``F.scaled_dot_product_attention`` (which dispatches to flash/memory-efficient kernels where
 the device has them) with the bias as ``attn_mask``; ``step`` keeps a KV cache (only the last
 ``window`` entries when windowed) and applies the same bias at absolute positions.
+
+A window (``swa``'s, or ``hard_alibi``'s per-head reach) is an ``attn_mask`` to SDPA, which
+then has no flash kernel. On CUDA with ``flash-attn`` (>= 2.3) installed, fp16/bf16
+activations and ``use_kernels``, ``forward`` calls flash-attn's windowed kernel instead
+(``_flash``): ``flash_attn_func(q, k, v, causal=True, window_size=(left, 0))``, where a query
+at ``i`` sees the keys ``i - left .. i`` (flash-attn's convention), so ``left = window - 1``
+for a window, ``min(h, window - 1)`` for hard-ALiBi head ``h < num_masked_heads``, ``-1``
+(all the past) for the other heads without a window: one call per distinct ``left``. Soft
+``alibi`` stays on SDPA; SDPA's path stays the default and the reference.
 State size: ``2 D t`` floats at position ``t`` (the KV cache), ``2 D window`` with a window.
 
 Subclasses (``ssa``, ``cat``) change how q, k, v are made (``_project``, ``_qkv``) and what the
@@ -25,11 +34,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from ._dispatch import pad_time
+from ._dispatch import kernel_module, pad_time
 from .positional import POSITIONS, attention_bias, rope
 from .registry import SequenceMixer, register, split_heads
+
+FLASH_DTYPES = (torch.float16, torch.bfloat16)  # the only ones flash-attn takes
+FLASH_MAX_HEAD_DIM = 256  # flash-attn 2's largest head dim
 
 
 @register("swa", window=64)
@@ -49,6 +62,8 @@ class Attention(SequenceMixer):
         qk_norm: RMS-normalise q and k per head (learned gain) before the positional step.
         rope_base: rope's frequency base.
         bias: biases on the qkv and output projections.
+        use_kernels: use flash-attn's windowed kernel for a window or ``hard_alibi`` on CUDA
+            (fp16/bf16) when flash-attn is installed.
     """
 
     label = "attention"  # names the mixer in option errors
@@ -56,7 +71,8 @@ class Attention(SequenceMixer):
     def __init__(self, d_model: int, *, num_heads: int = 1, pos: str = "rope",
                  window: int | None = None,
                  num_masked_heads: int | None = None, qk_norm: bool = False,
-                 rope_base: float = 10000.0, bias: bool = False) -> None:
+                 rope_base: float = 10000.0, bias: bool = False,
+                 use_kernels: bool = True) -> None:
         super().__init__()
         name = self.label
         split_heads(name, num_heads, d_model=d_model)
@@ -77,7 +93,7 @@ class Attention(SequenceMixer):
                              f"got {num_masked_heads}")
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
         self.pos, self.window, self.rope_base = pos, window, rope_base
-        self.num_masked_heads = num_masked_heads
+        self.num_masked_heads, self.use_kernels = num_masked_heads, use_kernels
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
         self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
@@ -85,16 +101,16 @@ class Attention(SequenceMixer):
 
     # q, k, v ---------------------------------------------------------------------------------
     def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``[B, T, 3, H, dk]`` projections -> q, k, v ``[B, H, T, dk]`` (q, k normed if asked)."""
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, dk]
+        """The fused projection ``[B, T, 3 D]`` (q, k, v, each heads-major) -> q, k, v
+        ``[B, H, T, dk]`` (q, k normed if asked)."""
+        q, k, v = rearrange(qkv, "b t (s h d) -> s b h t d", s=3, h=self.num_heads)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v ``[B, H, T, dk]`` before positions."""
-        B, T, _ = x.shape
-        return self._split(self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim))
+        return self._split(self.qkv(x))
 
     def _rotate(self, q: torch.Tensor, k: torch.Tensor, offset: int) -> tuple[torch.Tensor, ...]:
         if self.pos == "rope":
@@ -117,8 +133,8 @@ class Attention(SequenceMixer):
         return probs
 
     def _merge(self, o: torch.Tensor) -> torch.Tensor:
-        B, H, T, dv = o.shape
-        return self.out(o.transpose(1, 2).reshape(B, T, H * dv))  # [B, T, D]
+        """Heads ``[B, H, T, dv]`` -> the output projection of their concatenation ``[B, T, D]``."""
+        return self.out(rearrange(o, "b h t d -> b t (h d)"))
 
     # positions and masks ---------------------------------------------------------------------
     def _bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -143,6 +159,9 @@ class Attention(SequenceMixer):
     # paths -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
+        flash = self._flash_module(q)
+        if flash is not None:
+            return self._merge(self._flash(flash, q, k, v))
         if self.window is not None and x.shape[1] > 2 * self.window:
             return self._merge(self._windowed(q, k, v))
         positions = torch.arange(x.shape[1], device=x.device)
@@ -156,7 +175,8 @@ class Attention(SequenceMixer):
         memory instead of the dense ``O(T^2)``. The bias depends on ``i - j`` only, so one
         ``[H, W, 2W]`` block serves every block; block 0 has no predecessor (masked)."""
         W, T = self.window, q.shape[2]
-        qb, kb, vb = (pad_time(t, W).unflatten(2, (-1, W)) for t in (q, k, v))  # [B,H,NB,W,d]
+        qb, kb, vb = (rearrange(pad_time(t, W), "b h (n w) d -> b h n w d", w=W)
+                      for t in (q, k, v))  # [B, H, NB, W, d]
         shift = (0, 0, 0, 0, 1, 0)  # each block's predecessor; zeros before block 0
         k2 = torch.cat([F.pad(kb[:, :, :-1], shift), kb], dim=3)  # [B, H, NB, 2W, dk]
         v2 = torch.cat([F.pad(vb[:, :, :-1], shift), vb], dim=3)
@@ -166,7 +186,45 @@ class Attention(SequenceMixer):
         first[0, :, :W] = -math.inf
         mask = (rel[:, None] + first).to(q.dtype)  # [H, NB, W, 2W]
         o = F.scaled_dot_product_attention(qb, k2, v2, attn_mask=mask)  # [B, H, NB, W, dv]
-        return o.flatten(2, 3)[:, :, :T]
+        return rearrange(o, "b h n w d -> b h (n w) d")[:, :, :T]
+
+    # flash-attn ------------------------------------------------------------------------------
+    def _flash_module(self, q: torch.Tensor) -> Any:
+        """flash-attn's module where its windowed kernel serves: a window or ``hard_alibi``
+        reach to enforce (plain causal attention has SDPA's flash kernel already; soft
+        ``alibi`` is a bias, not a window), fp16/bf16 ``q`` (all flash-attn runs) on CUDA, a
+        head dim it takes, ``use_kernels``, and the package installed; otherwise None."""
+        windowed = self.window is not None or self.pos == "hard_alibi"
+        if not windowed or self.pos == "alibi" or q.dtype not in FLASH_DTYPES \
+                or self.head_dim > FLASH_MAX_HEAD_DIM:
+            return None
+        return kernel_module("flash_attn", q, self.use_kernels)
+
+    def flash_reach(self) -> list[int]:
+        """Per head, flash-attn's left window: a query at ``i`` sees keys ``i - left .. i``
+        (``-1``: all the past). ``window`` w gives ``w - 1``; hard-ALiBi head ``h`` below
+        ``num_masked_heads`` sees ``i - j <= h``, within the window if there is one."""
+        left = -1 if self.window is None else self.window - 1
+        reach = [left] * self.num_heads
+        if self.pos == "hard_alibi":
+            for h in range(self.num_masked_heads):
+                reach[h] = h if left < 0 else min(h, left)
+        return reach
+
+    def _flash(self, flash: Any, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> torch.Tensor:
+        """Windowed attention by ``flash.flash_attn_func`` (layout ``[B, T, H, d]``), one call
+        per run of heads with the same reach (``flash_reach``); ``[B, H, T, dv]`` out."""
+        q, k, v = (rearrange(t, "b h t d -> b t h d") for t in (q, k, v))
+        reach, out, start = self.flash_reach(), [], 0
+        for end in range(1, self.num_heads + 1):
+            if end == self.num_heads or reach[end] != reach[start]:
+                heads = slice(start, end)
+                out.append(flash.flash_attn_func(q[:, :, heads], k[:, :, heads], v[:, :, heads],
+                                                 causal=True, window_size=(reach[start], 0)))
+                start = end
+        o = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+        return rearrange(o, "b t h d -> b h t d")
 
     def _attend_reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._merge((self._probs(q, k) @ v.float()).to(v.dtype))

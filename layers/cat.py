@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .attention import Attention
@@ -48,7 +49,8 @@ class ConvAugmentedAttention(Attention):
     q, k, v projections, then attention (see the module docstring).
 
     Args:
-        d_model, num_heads, window, num_masked_heads, rope_base, bias: as ``Attention``.
+        d_model, num_heads, window, num_masked_heads, rope_base, bias, use_kernels: as
+            ``Attention``.
         pos: positional scheme, as ``Attention``; default ``nope`` (the paper's setting).
         qk_norm: RMS-normalise q and k per head (the paper's ``norm``); default on.
         kernel_size: taps W of each filter (default 3).
@@ -60,11 +62,11 @@ class ConvAugmentedAttention(Attention):
     def __init__(self, d_model: int, *, num_heads: int = 1, pos: str = "nope",
                  window: int | None = None,
                  num_masked_heads: int | None = None, qk_norm: bool = True,
-                 rope_base: float = 10000.0, bias: bool = False, kernel_size: int = 3,
-                 depthwise: bool = False) -> None:
+                 rope_base: float = 10000.0, bias: bool = False, use_kernels: bool = True,
+                 kernel_size: int = 3, depthwise: bool = False) -> None:
         super().__init__(d_model, num_heads=num_heads, pos=pos,
                          window=window, num_masked_heads=num_masked_heads, qk_norm=qk_norm,
-                         rope_base=rope_base, bias=bias)
+                         rope_base=rope_base, bias=bias, use_kernels=use_kernels)
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"cat: kernel_size must be a positive int, got {kernel_size!r}")
         if not isinstance(depthwise, bool):
@@ -96,11 +98,11 @@ class ConvAugmentedAttention(Attention):
     def _project_streams(self, streams: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Filtered streams ``[B, T, 3, D]`` -> q, k, v ``[B, H, T, dk]``, each stream through its
         own slice of the fused projection."""
-        B, T, _, D = streams.shape
-        qkv = torch.einsum("btsi,soi->btso", streams, self.qkv.weight.view(3, D, D))  # [B, T, 3, D]
+        weight = rearrange(self.qkv.weight, "(s o) i -> s o i", s=3)
+        qkv = torch.einsum("btsi,soi->btso", streams, weight)  # [B, T, 3, D]
         if self.qkv.bias is not None:
-            qkv = qkv + self.qkv.bias.view(3, D)
-        return self._split(qkv.view(B, T, 3, self.num_heads, self.head_dim))
+            qkv = qkv + rearrange(self.qkv.bias, "(s o) -> s o", s=3)
+        return self._split(rearrange(qkv, "b t s o -> b t (s o)"))
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self._project_streams(self._filter(x))
@@ -118,9 +120,8 @@ class ConvAugmentedAttention(Attention):
     def _values(self, x: torch.Tensor) -> torch.Tensor:
         """The unfiltered ``X W_v [B, H, T, dk]``; the operator carries the filter."""
         self._check_operator()
-        B, T, D = x.shape
-        v = F.linear(x, self.qkv.weight[2 * D:])  # [B, T, D]
-        return v.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, dk]
+        v = F.linear(x, self.qkv.weight[2 * self.d_model:])  # [B, T, D]
+        return rearrange(v, "b t (h d) -> b h t d", h=self.num_heads)
 
     def _mix_sources(self, probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         self._check_operator()

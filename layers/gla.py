@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ._dispatch import call_time_major, kernel_module
@@ -88,22 +89,17 @@ class GatedLinearAttention(SequenceMixer):
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q (scaled), k ``[B, H, T, dk]``, v ``[B, H, T, dv]``, log alpha ``[B, H, T, dk|1]``
         (fp32), r ``[B, T, value_dim]``."""
-        B, T, _ = x.shape
-        H = self.num_heads
         K, V = self.key_dim, self.value_dim
         qkv, r = self.proj(x).split([2 * K + V, V], -1)
-        q, k, v = self.short_conv(qkv).split([K, K, V], -1)
-        q = q.view(B, T, H, self.dk).transpose(1, 2) / math.sqrt(self.dk)  # [B, H, T, dk]
-        k = k.view(B, T, H, self.dk).transpose(1, 2)  # [B, H, T, dk]
-        v = v.view(B, T, H, self.dv).transpose(1, 2)  # [B, H, T, dv]
+        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.num_heads)
+                   for t in self.short_conv(qkv).split([K, K, V], -1))
         g = F.logsigmoid(self.gate_proj(x).float()) / self.gate_logit_normalizer
-        g = g.view(B, T, H, -1).transpose(1, 2)  # [B, H, T, dk|1]
-        return q, k, v, g, r
+        g = rearrange(g, "b t (h d) -> b h t d", h=self.num_heads)  # [B, H, T, dk|1]
+        return q / math.sqrt(self.dk), k, v, g, r
 
     def _out(self, o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        B, H, T, dv = o.shape
-        o = self.norm(o.transpose(1, 2).to(self.norm.weight.dtype))  # [B, T, H, dv] per head
-        o = o.reshape(B, T, H * dv) * F.silu(r.to(o.dtype))  # [B, T, value_dim]
+        o = self.norm(rearrange(o, "b h t d -> b t h d").to(self.norm.weight.dtype))  # per head
+        o = rearrange(o, "b t h d -> b t (h d)") * F.silu(r.to(o.dtype))  # [B, T, value_dim]
         return self.out(o.to(self.out.weight.dtype))  # [B, T, D]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +150,7 @@ class GatedLinearAttention(SequenceMixer):
 def _fla_chunk_gla(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    g: torch.Tensor) -> torch.Tensor:
     """fla's Triton ``chunk_gla`` (layout ``[B, T, H, d]``); q is already scaled."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, T, H, d]
-    g = g.expand(*g.shape[:-1], q.shape[-1]).transpose(1, 2).to(q.dtype)  # [B, T, H, dk]
+    q, k, v = (rearrange(t, "b h t d -> b t h d") for t in (q, k, v))
+    g = rearrange(g.expand(*g.shape[:-1], q.shape[-1]), "b h t d -> b t h d").to(q.dtype)
     o, _ = call_time_major(fla.chunk_gla, q, k, v, g, scale=1.0)
-    return o.transpose(1, 2)  # [B, H, T, dv]
+    return rearrange(o, "b t h d -> b h t d")

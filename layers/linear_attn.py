@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ._dispatch import call_time_major, kernel_module
@@ -75,10 +76,8 @@ class LinearAttention(SequenceMixer):
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """phi(q), phi(k) ``[B, H, T, dk]`` and v ``[B, H, T, dv]``."""
-        B, T, _ = x.shape
         qkv = self.short_conv(self.qkv(x))
-        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
+        q, k, v = rearrange(qkv, "b t (s h d) -> s b h t d", s=3, h=self.num_heads)
         return self.phi(q), self.phi(k), v
 
     def _values(self, v: torch.Tensor) -> torch.Tensor:
@@ -93,8 +92,7 @@ class LinearAttention(SequenceMixer):
         return self._merge(o)
 
     def _merge(self, o: torch.Tensor) -> torch.Tensor:
-        B, H, T, dv = o.shape
-        o = o.transpose(1, 2).reshape(B, T, H * dv)  # [B, T, D]
+        o = rearrange(o, "b h t d -> b t (h d)")  # [B, T, D]
         return self.out(o.to(self.out.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,6 +149,6 @@ class LinearAttention(SequenceMixer):
 def _fla_linear_attn(fla: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """fla's Triton ``chunk_linear_attn`` (layout ``[B, T, H, d]``, unscaled, unnormalised:
     the normaliser is applied by the caller from the ones column)."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, T, H, d]
+    q, k, v = (rearrange(t, "b h t d -> b t h d") for t in (q, k, v))
     o, _ = call_time_major(fla.chunk_linear_attn, q, k, v, scale=1.0, normalize=False)
-    return o.transpose(1, 2)  # [B, H, T, dv]
+    return rearrange(o, "b t h d -> b h t d")

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ._dispatch import fp32, kernel_module, pad_time
@@ -104,9 +105,9 @@ def swr(log_a: torch.Tensor, u: torch.Tensor, block: int = 16) -> torch.Tensor:
     u ``[..., T, c]`` -> x ``[..., T, c]`` in fp32."""
     with fp32(u):
         T = u.shape[-2]
-        la = pad_time(log_a.float(), block, dim=-1).unflatten(-1, (-1, block))  # [..., NB, BL]
-        ub = pad_time(u.float(), block).unflatten(-2, (-1, block))  # [..., NB, BL, c]
-        x = _SWR.apply(la, ub).flatten(-3, -2)  # [..., T (padded), c]
+        la = rearrange(pad_time(log_a.float(), block, dim=-1), "... (n l) -> ... n l", l=block)
+        ub = rearrange(pad_time(u.float(), block), "... (n l) c -> ... n l c", l=block)
+        x = rearrange(_SWR.apply(la, ub), "... n l c -> ... (n l) c")  # [..., T (padded), c]
         return x if x.shape[-2] == T else x[..., :T, :]
 
 
@@ -163,22 +164,18 @@ class Phalanx(SequenceMixer):
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        B, T, _ = t.shape
-        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """log A ``[B, H, T]`` and u = Bg * V ``[B, H, T, hd]`` in fp32; C, V ``[B, T, D]``."""
         H, D = self.num_heads, self.d_model
         za, zb, c = self.abc(x).split([H, D, D], -1)
         v = self.v(x)
-        log_a = F.logsigmoid(za.float()).transpose(1, 2)  # [B, H, T]
-        u = self._heads(torch.sigmoid(zb.float()) * v.float())  # [B, H, T, hd]
+        log_a = rearrange(F.logsigmoid(za.float()), "b t h -> b h t")
+        u = rearrange(torch.sigmoid(zb.float()) * v.float(), "b t (h d) -> b h t d", h=H)
         return log_a, u, c, v
 
     def _out(self, Y: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        B, H, T, hd = Y.shape
-        Y = Y.transpose(1, 2).reshape(B, T, H * hd)  # [B, T, D]
+        Y = rearrange(Y, "b h t d -> b t (h d)")  # [B, T, D]
         y = Y * c.float() + v.float()  # fp32; cast for the projection (bf16 when the layer is)
         return self.out(y.to(self.out.weight.dtype))
 

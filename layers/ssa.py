@@ -39,6 +39,7 @@ unscaled values. State: the KV cache, as attention (``2 D t`` floats).
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from .attention import Attention
@@ -54,8 +55,8 @@ class SelectiveAttention(Attention):
     learned inverse temperature by absolute position and token (see the module docstring).
 
     Args:
-        d_model, num_heads, pos, window, num_masked_heads, qk_norm, rope_base, bias: as
-            ``Attention``.
+        d_model, num_heads, pos, window, num_masked_heads, qk_norm, rope_base, bias,
+            use_kernels: as ``Attention``.
         token_temp: add the token term ``tanh(x . w_h)`` to the temperatures (default off: the
             position term alone, as the official code).
         value_temp: scale each source value by its own temperature (default off).
@@ -68,12 +69,12 @@ class SelectiveAttention(Attention):
     def __init__(self, d_model: int, *, num_heads: int = 1, pos: str = "rope",
                  window: int | None = None,
                  num_masked_heads: int | None = None, qk_norm: bool = False,
-                 rope_base: float = 10000.0, bias: bool = False, token_temp: bool = False,
-                 value_temp: bool = False, temp_weights: str = "shared",
-                 temp_lr: float = 1e-2) -> None:
+                 rope_base: float = 10000.0, bias: bool = False, use_kernels: bool = True,
+                 token_temp: bool = False, value_temp: bool = False,
+                 temp_weights: str = "shared", temp_lr: float = 1e-2) -> None:
         super().__init__(d_model, num_heads=num_heads, pos=pos,
                          window=window, num_masked_heads=num_masked_heads, qk_norm=qk_norm,
-                         rope_base=rope_base, bias=bias)
+                         rope_base=rope_base, bias=bias, use_kernels=use_kernels)
         for knob, value in (("token_temp", token_temp), ("value_temp", value_temp)):
             if not isinstance(value, bool):
                 raise ValueError(f"ssa: {knob} must be True or False, got {value!r}")
@@ -112,7 +113,7 @@ class SelectiveAttention(Attention):
             if self.temp_weights == "shared":
                 logit = (u.float() * w[None, :, None, :]).sum(-1, keepdim=True)  # [B, H, T, 1]
             else:
-                logit = (x.float() @ w).transpose(1, 2)[..., None]  # [B, T, H] -> [B, H, T, 1]
+                logit = rearrange(x.float() @ w, "b t h -> b h t 1")
             tau = tau + torch.tanh(logit)
         return tau.to(u.dtype)
 
@@ -128,4 +129,4 @@ class SelectiveAttention(Attention):
         if not self.value_temp:
             return probs
         tau_v = self._temperature(x, self._values(x), self.beta_v, self.w_v, 0)  # [.., T, 1]
-        return probs * tau_v.float().transpose(-1, -2)  # column j scaled by tau_v(j)
+        return probs * rearrange(tau_v.float(), "... t 1 -> ... 1 t")  # column j by tau_v(j)

@@ -3,12 +3,17 @@ SSA's temperatures and CAT's filters moved off their identity start (the registr
 contract tests only see the defaults at initialisation), and the options' edges."""
 
 
+import sys
+import types
+
 import pytest
 import torch
 
 import layers
+from layers import attention
+from layers._dispatch import kernels_on_cpu, optional_import
 from layers.positional import POSITIONS, alibi_slopes, attention_bias
-from layers.testing import assert_rel_close
+from layers.testing import assert_matches_reference, assert_rel_close
 
 D = 64
 # id -> (registered name, options); swa's window is small enough to bind at the test lengths
@@ -303,3 +308,89 @@ def test_cat_state_holds_the_filter_history():
 def test_bad_options_name_the_knob(name, opts, match):
     with pytest.raises(ValueError, match=match):
         layers.build(name, D, **opts)
+
+
+# flash-attn's windowed kernel: the call, not the kernel ---------------------------------------
+# flash-attn cannot be installed without CUDA, so these tests check how the layers call it: a
+# stand-in module computes, in plain torch, the function flash-attn documents for
+# ``flash_attn_func`` (layout [B, T, H, d]; a query at i sees keys i - window_size[0] ..
+# i + window_size[1] inclusive, -1 meaning no bound; ``causal`` keeps j <= i; scale 1/sqrt(d)),
+# and records the arguments the layer passes. Dispatched on CPU tensors by kernels_on_cpu.
+
+
+@pytest.fixture
+def flash(monkeypatch):
+    """The stand-in installed as ``flash_attn``; returns the list its calls are recorded in."""
+    calls = []
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                        window_size=(-1, -1)):
+        calls.append((q.shape[2], causal, tuple(window_size)))
+        T = q.shape[1]
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        keep = (j <= i) if causal else torch.ones(T, T, dtype=torch.bool)
+        left, right = window_size
+        keep = keep & ((j >= i - left) if left >= 0 else True) \
+            & ((j <= i + right) if right >= 0 else True)
+        scores = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) * (
+            softmax_scale or q.shape[-1] ** -0.5)
+        probs = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+        return torch.einsum("bhij,bjhd->bihd", probs, v.float()).to(q.dtype)
+
+    monkeypatch.setitem(sys.modules, "flash_attn",
+                        types.SimpleNamespace(flash_attn_func=flash_attn_func))
+    optional_import.cache_clear()  # a None cached before the stand-in existed
+    yield calls
+    optional_import.cache_clear()
+
+
+# (variant, options, the calls expected: heads, causal, window_size): swa(9) is one call with
+# (8, 0); hard_alibi over 4 heads masks heads 0 and 1 (reach 0 and 1), the others see all the
+# past; within a window of 2 the reach caps at 1, so heads 1-3 share a call.
+FLASH_CASES = [
+    ("swa", {}, [(4, True, (8, 0))]),
+    ("attention", {"pos": "hard_alibi"}, [(1, True, (0, 0)), (1, True, (1, 0)),
+                                          (2, True, (-1, 0))]),
+    ("swa", {"pos": "hard_alibi", "window": 2}, [(1, True, (0, 0)), (3, True, (1, 0))]),
+    ("swa", {"pos": "nope", "qk_norm": True}, [(4, True, (8, 0))]),
+    ("ssa", {"window": 5}, [(4, True, (4, 0))]),
+    ("cat", {"pos": "hard_alibi", "num_masked_heads": 3}, [(1, True, (0, 0)), (1, True, (1, 0)),
+                                                          (1, True, (2, 0)), (1, True, (-1, 0))]),
+]
+
+
+@pytest.mark.parametrize("variant,opts,expected", FLASH_CASES,
+                         ids=[f"{v}-{i}" for i, (v, _, _) in enumerate(FLASH_CASES)])
+@pytest.mark.parametrize("T", [7, 29])
+def test_flash_windowed_call_matches_the_reference(flash, monkeypatch, variant, opts, expected,
+                                                   T):
+    """Through the layer's own forward with the stand-in (fp32 let through the dtype gate, so
+    the comparison is tight): the window arguments flash-attn is given, and the output and
+    the grads of x and every parameter against ``reference`` (the materialised fp32
+    attention, which knows nothing of flash-attn). T 29 > 2 windows: SDPA would have taken
+    the blocked path."""
+    monkeypatch.setattr(attention, "FLASH_DTYPES", (torch.float32,))
+    m = off_init(make(variant, **opts))
+    x = torch.randn(2, T, D, generator=torch.Generator().manual_seed(1))
+    with kernels_on_cpu():
+        assert_matches_reference(m, x, tol=1e-5)
+    assert flash == expected  # once: the forward (reference never calls it)
+
+
+def test_flash_only_where_its_windowed_kernel_serves(flash):
+    """fp32 stays on SDPA (flash-attn runs fp16/bf16 only); bf16 calls flash-attn; causal
+    attention without a window (SDPA's own flash kernel), soft alibi (a bias, not a window),
+    ``use_kernels=False`` and CPU tensors outside kernels_on_cpu do not."""
+    x = torch.randn(1, 12, D, generator=torch.Generator().manual_seed(1))
+    m = make("swa")
+    with kernels_on_cpu():
+        m(x)
+        assert flash == []
+        y = m.to(torch.bfloat16)(x.bfloat16())
+        assert flash == [(4, True, (8, 0))]
+        assert_rel_close(y, m.float().reference(x).bfloat16(), tol=2e-2, what="bf16 flash")
+        for variant, opts in [("attention", {}), ("swa", {"pos": "alibi"}),
+                              ("swa", {"use_kernels": False})]:
+            make(variant, **opts).to(torch.bfloat16)(x.bfloat16())
+    make("swa").to(torch.bfloat16)(x.bfloat16())
+    assert len(flash) == 1

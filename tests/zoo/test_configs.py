@@ -20,10 +20,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # they would enter the resolved config, and so the config key of every run recorded before
 # (zoo.record.config_key), which a resumed sweep finds its finished runs by.
 LEFT_TO_THE_CLASS = {
-    "attention": {"bias", "num_masked_heads", "qk_norm", "rope_base"},
-    "swa": {"bias", "num_masked_heads", "qk_norm", "rope_base"},
-    "ssa": {"bias", "num_masked_heads", "qk_norm", "rope_base"},
-    "cat": {"bias", "num_masked_heads", "rope_base"},
+    "attention": {"bias", "num_masked_heads", "qk_norm", "rope_base", "use_kernels"},
+    "swa": {"bias", "num_masked_heads", "qk_norm", "rope_base", "use_kernels"},
+    "ssa": {"bias", "num_masked_heads", "qk_norm", "rope_base", "use_kernels"},
+    "cat": {"bias", "num_masked_heads", "rope_base", "use_kernels"},
 }
 
 
