@@ -234,13 +234,6 @@ class Backbone(nn.Module):
                 + (self.pos.weight.numel() if self.pos is not None else 0)
         return n
 
-    def flops_per_token(self, seq_len: int) -> int:
-        """Rough forward+backward FLOPs per token (6N plus attention-like mixing at 12 L D T),
-        every loop counted."""
-        blocks = sum(p.numel() for p in self.blocks.parameters())
-        return 6 * (self.num_params(non_embedding=True) + (self.loops - 1) * blocks) \
-            + 12 * len(self.applied()) * self.d_model * seq_len
-
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices; none on norms, biases, embeddings and any parameter
