@@ -17,7 +17,8 @@ position (``ess_by_position``, for ``python -m zoo.ess``).
                                 the ratio of that mixer's blocks to attention's, a line per
                                 mixer, attention alone at 0:1
 
-One colour (and marker) per architecture label in every figure. ``planned`` says which files
+One colour (and marker) per architecture label in every figure. Which rows the ratio figure
+draws, and on which suite, is ``zoo.hybrid_ratio``'s. ``planned`` says which files
 a board yields without drawing (``--check`` uses it); ``draw_all`` draws them. PNGs carry no
 timestamp or version metadata, so unchanged records redraw the same bytes on the same
 matplotlib.
@@ -30,15 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from .ess_study import FIXED, GROWING
-from .labels import mixers, train_length
-from .selection import (Board, Row, by_setting, by_suite, icl_groups, reference_estimators,
-                        selection_stages)
+from .hybrid_ratio import FULL, ratio_lines, ratio_suite
+from .labels import train_length
+from .selection import Board, Row, by_setting, by_suite, icl_groups, reference_estimators
 
 PNG_META = {"Software": None}
 HEADLINE = "recall_vs_state_size.png"
 ICL = "icl_by_examples.png"
 RATIO = "recall_vs_ratio.png"
-FULL = "attention"  # the full-attention mixer a hybrid's ratio counts against
 MARKERS = "os^Dv<>P"
 PANEL_W, PANEL_H = 4.2, 3.4  # inches
 
@@ -75,47 +75,6 @@ def planned(board: Board, out_dir: Path) -> list[tuple[str, Path]]:
         out.append((f"Recall against the ratio of linear to attention blocks: suite {suite}, "
                     "accuracy per key-value slice", out_dir / RATIO))
     return out
-
-
-def ratio_of(row: Row) -> tuple[str, int] | None:
-    """A row's place on the hybrids' ratio axis: the other mixer's words (as in the label)
-    and its blocks per attention block, ``("swa(16)", 3)`` for ``swa(16):attention 3:1 x8``;
-    ``("", 0)`` for attention alone; None for anything else (no attention, two other mixers,
-    a ratio that is not whole)."""
-    counts = mixers(row.cfg)
-    full = [c for name, _, c in counts if name == FULL]
-    others = [(words, c) for name, words, c in counts if name != FULL]
-    if not full or len(others) > 1 or (others and others[0][1] % full[0]):
-        return None
-    return (others[0][0], others[0][1] // full[0]) if others else ("", 0)
-
-
-def ratio_lines(rows: list[Row]) -> dict[tuple[str, int | None, int], dict[int, Row]]:
-    """The hybrids among key-value-sliced rows, by line (the other mixer's words, the width
-    and the number of blocks), then ratio to attention; attention alone is the line
-    ``("", width, blocks)`` at 0."""
-    out: dict[tuple[str, int | None, int], dict[int, Row]] = {}
-    for r in rows:
-        where = ratio_of(r) if r.test and r.variants("kv=") else None
-        if where is not None:
-            blocks = sum(c for _, _, c in mixers(r.cfg))
-            out.setdefault((where[0], r.width, blocks), {})[where[1]] = r
-    return {k: dict(sorted(v.items())) for k, v in sorted(out.items(), key=str)}
-
-
-def ratio_suite(rows: list[Row]) -> str | None:
-    """The suite of the ratio figure: the one whose hybrids span the most ratios (then rows,
-    then name), where some mixer is at two ratios or more; stage-1 suites (``lr_from``)
-    never."""
-    stages, found = selection_stages(), []
-    for suite, rs in by_suite(rows).items():
-        lines = ratio_lines(rs)
-        if suite is None or suite in stages or not any(
-                words and len(v) > 1 for (words, _, _), v in lines.items()):
-            continue
-        found.append((-len({x for v in lines.values() for x in v}),
-                      -sum(map(len, lines.values())), suite))
-    return min(found)[2] if found else None
 
 
 def styles(labels: list[str], plt: Any) -> dict[str, tuple[Any, str]]:
