@@ -256,6 +256,102 @@ def _matmul_add(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
     return out.view(acc.shape)
 
 
+def chunked_ssd(C: torch.Tensor, B: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
+                log_a: torch.Tensor, *, chunk_size: int = 64,
+                initial_state: torch.Tensor | None = None,
+                factorise_below: float = FACTORISE_BELOW,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-2's SSD with one group (B and C shared by the heads), chunked, linear in T:
+
+        h_t = exp(log_a_t) h_{t-1} + B_t^T (dt_t x_t),    y_t = C_t h_t      per head
+
+    C, B ``[b, T, N]``; x ``[b, T, H, P]``; dt, log_a ``[b, T, H]`` (log decays <= 0);
+    initial_state ``[b, H, N, P]``. Returns y ``[b, T, H, P]`` and the final state
+    ``[b, H, N, P]``. Per head it is ``naive_recurrence`` with ``q = C``, ``k = dt B``,
+    ``v = x``; here the heads share their matrix products. With ``e_t = exp(cumsum(log_a))``
+    from the chunk start, when no chunk of any head decays by more than
+    ``exp(-factorise_below)``, inside a chunk (SSD's ``C B^T * L`` with ``L`` factorised)
+
+        Y = e * (tril(C B^T) (X / e) + C S_in),    X = dt x,
+        S_next = gamma S_in + B^T (X gamma / e),   gamma = e_last
+
+    where ``tril(C B^T)`` ``[C, C]`` is one per chunk for all heads, and the heads' ``X / e``
+    sit side by side as the ``H * P`` columns of one product. Otherwise (a stronger decay)
+    it is ``chunked_linear_attention`` per head, every ratio ``exp`` of a log difference.
+    """
+    b, T, H, P = x.shape
+    with fp32(C):
+        C, B, x, dt, log_a = (t.float() for t in (C, B, x, dt, log_a))
+        L = chunk_size
+        if pad_time(log_a, L).unflatten(1, (-1, L)).sum(2).min() < -factorise_below:
+            q = C[:, None].expand(b, H, T, C.shape[-1])
+            k = dt.transpose(1, 2)[..., None] * B[:, None]  # [b, H, T, N]
+            y, S = chunked_linear_attention(
+                q, k, x.transpose(1, 2), log_a.transpose(1, 2)[..., None], chunk_size=L,
+                initial_state=initial_state, factorise_below=factorise_below)
+            return y.transpose(1, 2), S
+        # [b, Nc, L, .] chunks; zero padding: no input, no decay
+        C, B, dt, log_a, x = (pad_time(t, L, 1).unflatten(1, (-1, L))
+                              for t in (C, B, dt, log_a, x))  # x [b, Nc, L, H, P]
+        cum = log_a.cumsum(2)  # [b, Nc, L, H]
+        S0 = None if initial_state is None else initial_state.float().transpose(1, 2)
+        y, S_last = _SSDChunks.apply(C, B, x, dt * (-cum).exp(), cum.exp(), S0)
+        return y.flatten(1, 2)[:, :T], S_last.transpose(1, 2)
+
+
+class _SSDChunks(torch.autograd.Function):
+    """``chunked_ssd``'s factorised chunks with a hand-written backward: C, B ``[b, Nc, L, N]``,
+    x ``[b, Nc, L, H, P]``, ``w = dt / e`` and ``e`` ``[b, Nc, L, H]`` (``e`` the decay from
+    the chunk start, ``gamma = e_last``), S0 ``[b, N, H, P]`` or None::
+
+        Xs = w x,   local = gamma B^T Xs,   S_in: S_next = gamma S_in + local  (``carry``)
+        Y = tril(C B^T) Xs + C S_in,   y = e Y
+
+    Backward: ``dY = e dy``, ``de = sum_P(dy Y)``, ``dXs = tril(C B^T)^T dY + B (gamma dS')``,
+    ``dscores = tril(dY Xs^T)``, ``dC = dY S_in^T + dscores B``,
+    ``dB = dscores^T C + Xs (gamma dS')^T``, ``dx = w dXs``, ``dw = sum_P(x dXs)``, with
+    ``dS'`` carried back through the chunks from ``dS_in = C^T dY``. The heads sit side by
+    side in the ``H * P`` columns of every product; autograd's version copied the broadcast
+    products and their gradients several times over."""
+
+    @staticmethod
+    def forward(ctx: Any, C: torch.Tensor, B: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                e: torch.Tensor, S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        b, Nc, L, H, P = x.shape
+        xs = (x * w[..., None]).flatten(-2)  # [b, Nc, L, HP]
+        gamma = e[:, :, -1, :, None]  # [b, Nc, H, 1]
+        Bx = (B.transpose(-1, -2) @ xs).unflatten(-1, (H, P))  # [b, Nc, N, H, P]
+        S_in, S_last = carry(gamma[:, :, None], Bx * gamma[:, :, None], S0, dim=1)
+        scores = (C @ B.transpose(-1, -2)).tril_()  # [b, Nc, L, L]
+        Y = _matmul_add(C @ S_in.flatten(-2), scores, xs).unflatten(-1, (H, P))
+        ctx.has_S0 = S0 is not None
+        ctx.save_for_backward(C, B, x, w, e, xs, Bx, S_in, scores, Y)
+        return Y * e[..., None], S_last
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, dS_last: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, ...]:
+        C, B, x, w, e, xs, Bx, S_in, scores, Y = ctx.saved_tensors
+        b, Nc, L, H, P = x.shape
+        gamma = e[:, :, -1, :, None]  # [b, Nc, H, 1]
+        de = (dy * Y).sum(-1)  # [b, Nc, L, H]
+        dY = (dy * e[..., None]).flatten(-2)  # [b, Nc, L, HP]
+        dS_in = (C.transpose(-1, -2) @ dY).unflatten(-1, (H, P))  # [b, Nc, N, H, P]
+        # the carry backwards: dS' of chunk n is dL/dS_next, from the chunks after it
+        g = gamma[:, :, None].flip(1)
+        dS_next, dS0 = carry(g, dS_in.flip(1), dS_last, dim=1)  # [b, Nc, N, H, P], flipped
+        dS_next = dS_next.flip(1)
+        dgamma = ((S_in + Bx) * dS_next).sum((2, 4))  # [b, Nc, H] through gamma S_in, gamma Bx
+        dlocal = (dS_next * gamma[:, :, None]).flatten(-2)  # d(B^T Xs)  [b, Nc, N, HP]
+        dscores = (dY @ xs.transpose(-1, -2)).tril_()  # [b, Nc, L, L]
+        dxs = _matmul_add(B @ dlocal, scores.transpose(-1, -2), dY).unflatten(-1, (H, P))
+        dC = _matmul_add(dY @ S_in.flatten(-2).transpose(-1, -2), dscores, B)
+        dB = _matmul_add(xs @ dlocal.transpose(-1, -2), dscores.transpose(-1, -2), C)
+        dw = (dxs * x).sum(-1)
+        de[:, :, -1] += dgamma
+        return dC, dB, dxs * w[..., None], dw, de, dS0 if ctx.has_S0 else None
+
+
 def causal_operator(q: torch.Tensor, k: torch.Tensor, log_g: torch.Tensor | None = None, *,
                     chunk_size: int = 64) -> torch.Tensor:
     """The materialised mixing matrix ``[..., T, T]`` of ``chunked_linear_attention``:

@@ -103,7 +103,8 @@ class DeltaNet(SequenceMixer):
         B, T, _ = x.shape
         H, K = self.num_heads, self.key_dim
         qkv, b, a, r = self.proj(x).split(self.widths, -1)
-        qkv = self.short_conv(qkv)
+        # contiguous: rows of time, as the chunked kernel reads them (the conv's are channels)
+        qkv = self.short_conv(qkv).contiguous()
         if self.short_conv.conv is None:
             qkv = F.silu(qkv)  # fla's activation on q, k, v, with or without the convolution
         q, k, v = qkv.float().split([K, K, self.value_dim], -1)

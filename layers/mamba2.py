@@ -10,9 +10,11 @@ selective state space with a scalar decay per head, in the form of mamba-ssm's `
 
 B and C are shared by the heads (one group). Per head this is scalar-gated linear attention
 with ``q = C``, ``k = dt B``, ``v = x`` and log decay ``dt A`` (SSD, sec. 4-6): ``forward`` is
-the zoo's chunked form of that recurrence (``_recurrence.chunked_linear_attention``: inside a chunk
-the quadratic masked form ``(C B^T * L) X``, between chunks the state; linear in T, the decays
-in log space), which is SSD's chunked matrix algorithm. ``reference`` is the loop over time
+SSD's chunked matrix algorithm (``_recurrence.chunked_ssd``: inside a chunk the quadratic
+masked form ``(C B^T * L) X``, between chunks the state; linear in T, the decays in log
+space), with ``C B^T`` one matrix for all heads and the heads side by side in the columns of
+every product; under a decay too strong to factorise ``L`` it is
+``_recurrence.chunked_linear_attention`` per head. ``reference`` is the loop over time
 (``_recurrence.naive_recurrence``); on CUDA with ``fla`` installed, fla's ``chunk_simple_gla`` (the
 same scalar-decay kernel). ``step`` keeps the last ``d_conv - 1`` inputs and re-runs the input
 projection and the convolution on that window (no bias on ``W_in``: the zero inputs before the
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._dispatch import call_time_major, fp32, kernel_module
-from ._recurrence import causal_operator, chunked_linear_attention, naive_recurrence
+from ._recurrence import causal_operator, chunked_ssd, naive_recurrence
 from .registry import SequenceMixer, register
 
 
@@ -97,45 +99,51 @@ class Mamba2(SequenceMixer):
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
 
+    def _ssd_streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """In fp32: C, B ``[B, T, N]``, x per head ``[B, T, H, P]``, dt and the log decay
+        dt A ``[B, T, H]``; and the gate z ``[B, T, D_in]``."""
+        T = x.shape[1]
+        z, xBC, dt = self.in_proj(x).split(self.widths, -1)
+        xBC = F.silu(self.conv(xBC.transpose(1, 2))[..., :T]).transpose(1, 2)  # [B, T, Di+2N]
+        # contiguous: rows of time, as the chunked kernel reads them (the conv's are channels)
+        u, Bm, Cm = xBC.float().contiguous().split([self.d_inner, self.d_state, self.d_state], -1)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # [B, T, H]
+        u = u.unflatten(-1, (self.num_heads, self.head_dim))  # [B, T, H, P]
+        return Cm, Bm, u, dt, dt * -self.A_log.float().exp(), z
+
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per head, in ``_recurrence``'s convention and fp32: q = C ``[B, H, T, N]``,
         k = dt B ``[B, H, T, N]``, v = x ``[B, H, T, P]``, log decay dt A ``[B, H, T, 1]``;
         and the gate z ``[B, T, D_in]``."""
-        B, T, _ = x.shape
-        H, P, N = self.num_heads, self.head_dim, self.d_state
-        z, xBC, dt = self.in_proj(x).split(self.widths, -1)
-        xBC = F.silu(self.conv(xBC.transpose(1, 2))[..., :T]).transpose(1, 2)  # [B, T, Di+2N]
-        u, Bm, Cm = xBC.float().split([self.d_inner, N, N], -1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())
-        dt = dt.transpose(1, 2)[..., None]  # [B, H, T, 1]
+        Cm, Bm, u, dt, log_a, z = self._ssd_streams(x)
+        (B, T, N), H = Cm.shape, self.num_heads
         q = Cm[:, None].expand(B, H, T, N)
-        k = dt * Bm[:, None]  # [B, H, T, N]
-        v = u.view(B, T, H, P).transpose(1, 2)  # [B, H, T, P]
-        return q, k, v, dt * -self.A_log.float().exp()[:, None, None], z
+        k = dt.transpose(1, 2)[..., None] * Bm[:, None]  # [B, H, T, N]
+        return q, k, u.transpose(1, 2), log_a.transpose(1, 2)[..., None], z
 
     def _out(self, y: torch.Tensor, v: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
-        """y ``[B, H, T, P]`` the recurrence, plus the skip ``D v`` (None when y has it),
-        gated, normed and projected -> ``[B, T, D]``."""
+        """y ``[B, T, H, P]`` the recurrence, plus the skip ``D v`` (v ``[B, T, H, P]``; None
+        when y has it), gated, normed and projected -> ``[B, T, D]``."""
         if v is not None:
-            y = y + self.D.float()[:, None, None] * v
-        B, H, T, P = y.shape
-        y = y.transpose(1, 2).reshape(B, T, H * P)  # [B, T, D_in]
+            y = torch.addcmul(y, self.D.float()[:, None], v)
+        y = y.flatten(2)  # [B, T, D_in]
         y = self.norm((y * F.silu(z.float())).to(self.norm.weight.dtype))
         return self.out_proj(y.to(self.out_proj.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, log_a, z = self._streams(x)
         fla = kernel_module("fla.ops.simple_gla", x, self.use_kernels)
         if fla is not None:
+            q, k, v, log_a, z = self._streams(x)
             y = _fla_simple_gla(fla, q, k, v, log_a)
-        else:
-            y, _ = chunked_linear_attention(q, k, v, log_a, chunk_size=self.chunk_size)
-        return self._out(y, v, z)
+            return self._out(y.transpose(1, 2), v.transpose(1, 2), z)
+        Cm, Bm, u, dt, log_a, z = self._ssd_streams(x)
+        y, _ = chunked_ssd(Cm, Bm, u, dt, log_a, chunk_size=self.chunk_size)  # [B, T, H, P]
+        return self._out(y, u, z)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, log_a, z = self._streams(x)
         y, _ = naive_recurrence(q, k, v, log_a)
-        return self._out(y, v, z)
+        return self._out(y.transpose(1, 2), v.transpose(1, 2), z)
 
     def operator(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, T, T]`` per head, fp32, the skip ``D_h`` on the diagonal."""
@@ -145,7 +153,7 @@ class Mamba2(SequenceMixer):
 
     def apply_operator(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
         _, _, v, _, z = self._streams(x)
-        return self._out(op @ v, None, z)  # the skip is inside op
+        return self._out((op @ v).transpose(1, 2), None, z)  # the skip is inside op
 
     def operator_channels(self) -> int:
         return self.head_dim
@@ -166,7 +174,8 @@ class Mamba2(SequenceMixer):
         q, k, v, log_a = (t[..., -1:, :] for t in streams)  # the newest token
         z = z[:, -1:]
         y, h = naive_recurrence(q, k, v, log_a, initial_state=state["h"])
-        return self._out(y, v, z)[:, 0], {"h": h, "x": window[:, 1:]}
+        y = self._out(y.transpose(1, 2), v.transpose(1, 2), z)[:, 0]
+        return y, {"h": h, "x": window[:, 1:]}
 
     def state_size(self, seq_len: int) -> int:
         return self.d_inner * self.d_state + (self.d_conv - 1) * self.d_model

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import layers
-from layers._delta import chunked_delta_rule, delta_operator, naive_delta_rule
-from layers._recurrence import naive_recurrence
+from layers._delta import _unit_lower_inverse, chunked_delta_rule, delta_operator, naive_delta_rule
+from layers._recurrence import chunked_ssd, naive_recurrence
 from layers.testing import assert_matches_reference, assert_rel_close, rel_rms_error
 
 MIXERS = ["deltanet", "gated_deltanet", "mamba2"]
@@ -59,17 +59,25 @@ def test_chunked_matches_loop_outputs_grads_and_state(gated, T, chunk_size):
     state under one random cotangent on both results; neither chunk size divides T."""
     args = delta_inputs(T, gated)
     q, k, v, beta, log_g, S0 = split(args, gated)
-    o, S = chunked_delta_rule(q, k, v, beta, log_g, chunk_size=chunk_size, initial_state=S0)
-    o_ref, S_ref = naive_delta_rule(q, k, v, beta, log_g, initial_state=S0)
-    gen = torch.Generator().manual_seed(T)
+    assert_same_results_and_grads(
+        chunked_delta_rule(q, k, v, beta, log_g, chunk_size=chunk_size, initial_state=S0),
+        naive_delta_rule(q, k, v, beta, log_g, initial_state=S0),
+        args, ["q", "k", "v", "beta", *(["log_g"] if gated else []), "S0"], seed=T)
+
+
+def assert_same_results_and_grads(fast: tuple, ref: tuple, args: list[torch.Tensor],
+                                  names: list[str], seed: int, grad_tol: float = 1e-5) -> None:
+    """A kernel's (output, final state) against its loop's, and the grads of ``args`` under one
+    random cotangent on both results."""
+    (o, S), (o_ref, S_ref) = fast, ref
+    gen = torch.Generator().manual_seed(seed)
     go, gS = torch.randn(o.shape, generator=gen), torch.randn(S.shape, generator=gen)
     grads = torch.autograd.grad((o * go).sum() + (S * gS).sum(), args)
     grads_ref = torch.autograd.grad((o_ref * go).sum() + (S_ref * gS).sum(), args)
     assert_rel_close(o, o_ref, 1e-5, what="output")
     assert_rel_close(S, S_ref, 1e-5, what="final state")
-    names = ["q", "k", "v", "beta", *(["log_g"] if gated else []), "S0"]
     for n, a, b in zip(names, grads, grads_ref):
-        assert_rel_close(a, b, 1e-5, what=f"grad of {n}")
+        assert_rel_close(a, b, grad_tol, what=f"grad of {n}")
 
 
 @pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated"])
@@ -351,3 +359,47 @@ def test_no_fla_import_on_cpu():
         make(name)(x)
     after = {m for m in sys.modules if m.split(".")[0] in ("fla", "triton")}
     assert after == before
+
+
+# --- the kernels' own pieces -----------------------------------------------------------------
+
+def ssd_inputs(T: int, decay: float, seed: int = 0) -> list[torch.Tensor]:
+    """C, B ``[2, T, 5]``, x ``[2, T, 3, 4]``, dt ``[2, T, 3]`` in (0, 1), log decays
+    ``-decay * dt`` and an initial state ``[2, 3, 5, 4]``, all requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    C, B = (torch.randn(2, T, 5, generator=g) for _ in range(2))
+    x = torch.randn(2, T, 3, 4, generator=g)
+    dt = torch.rand(2, T, 3, generator=g)
+    log_a = -decay * dt * torch.rand(3, generator=g)
+    S0 = torch.randn(2, 3, 5, 4, generator=g)
+    return [t.detach().requires_grad_() for t in (C, B, x, dt, log_a, S0)]
+
+
+@pytest.mark.parametrize("T,chunk_size", [(63, 16), (100, 64), (1000, 64)])
+@pytest.mark.parametrize("decay", [0.5, 200.0], ids=["factorised", "strong"])
+def test_chunked_ssd_matches_loop(T, chunk_size, decay):
+    """Mamba-2's chunked SSD (heads sharing C B^T; per head the loop with q = C, k = dt B,
+    v = x) against naive_recurrence: outputs, final state and every gradient, the initial
+    state included. decay 0.5 keeps every chunk above exp(-60) (the factorised chunks),
+    decay 200 takes them past it (the per-head fallback)."""
+    args = ssd_inputs(T, decay)
+    C, B, x, dt, log_a, S0 = args
+    q = C[:, None].expand(2, 3, T, 5)
+    k = dt.transpose(1, 2)[..., None] * B[:, None]
+    y_ref, S_ref = naive_recurrence(q, k, x.transpose(1, 2), log_a.transpose(1, 2)[..., None],
+                                    initial_state=S0)
+    assert_same_results_and_grads(
+        chunked_ssd(C, B, x, dt, log_a, chunk_size=chunk_size, initial_state=S0),
+        (y_ref.transpose(1, 2), S_ref), args, ["C", "B", "x", "dt", "log_a", "S0"], seed=T,
+        grad_tol=1e-4 if decay > 1 else 1e-5)
+
+
+@pytest.mark.parametrize("C", [7, 16, 64, 96])
+def test_unit_lower_inverse(C):
+    """The blocked inverse of I + tril(M, -1) equals the triangular solve, reading neither M's
+    diagonal nor its upper triangle."""
+    M = torch.randn(3, C, C, generator=torch.Generator().manual_seed(C)) / C ** 0.5
+    eye = torch.eye(C).expand(3, C, C)
+    expected = torch.linalg.solve_triangular(torch.eye(C) + M.tril(-1), eye, upper=False)
+    assert_rel_close(_unit_lower_inverse(M), expected, 1e-5, what="blocked inverse")
+    assert_rel_close(_unit_lower_inverse(M.tril(-1)), expected, 1e-5, what="strictly lower")
