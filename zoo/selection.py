@@ -466,12 +466,19 @@ def selection_stages() -> set[str]:
     return stages
 
 
+# The tier trained under the frontier's rule (configs/experiment/tier): the matrix once it has
+# results, over suites that cover more tasks on smaller budgets.
+TIER_SUITE = "tier"
+
+
 def matrix_suite(rows: list[Row]) -> str | None:
-    """The named suite that covers the most task settings (then rows, then name): the
-    leaderboard's matrix."""
+    """The leaderboard's matrix: suite ``tier`` where it has results, else the named suite
+    that covers the most task settings (then rows, then name)."""
     stages = selection_stages()
     counts = {s: (len(by_setting(rs)), len(rs)) for s, rs in by_suite(rows).items()
               if s is not None and s not in stages and any(r.test for r in rs)}
+    if TIER_SUITE in counts:
+        return TIER_SUITE
     return min(counts, key=lambda s: (-counts[s][0], -counts[s][1], s)) if counts else None
 
 
