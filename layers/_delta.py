@@ -132,8 +132,9 @@ class _DeltaChunks(torch.autograd.Function):
                 logG: torch.Tensor | None, S0: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         (Bn, N, C, dk), dv = q.shape, v.shape[-1]
-        kt = k.transpose(-1, -2)
-        kk, qk = k @ kt, q @ kt  # [Bn, N, C, C]
+        kq = torch.cat([k, q], -2)  # [Bn, N, 2C, dk]: products with both are twice as tall
+        kkqk = kq @ k.transpose(-1, -2)  # [k k^T; q k^T]  [Bn, N, 2C, C]
+        kk, qk = kkqk[..., :C, :], kkqk[..., C:, :]
         if logG is None:
             D = G = gamma = None
             Kb, Kout, Qg = beta * k, k, q
@@ -146,6 +147,7 @@ class _DeltaChunks(torch.autograd.Function):
             Kout = k * (logG[..., -1:, :] - logG).exp()
         Tinv = _unit_lower_inverse(beta * kk)  # reads the strictly lower triangle only
         bv, P = beta * v, qk.tril_()
+        PQ = torch.cat([P, Qg], -1)  # [Bn, N, C, C + dk]
         u, S_in = torch.empty_like(v), q.new_empty(Bn, N, dk, dv)
         S = q.new_zeros(Bn, dk, dv) if S0 is None else S0.float()
         Kout_t = Kout.transpose(-1, -2)
@@ -154,21 +156,20 @@ class _DeltaChunks(torch.autograd.Function):
             u_n = torch.bmm(Tinv[:, n], torch.baddbmm(bv[:, n], Kb[:, n], S, alpha=-1))
             u[:, n] = u_n
             S = torch.baddbmm(S if gamma is None else S * gamma[:, n], Kout_t[:, n], u_n)
-        o = _matmul_add(Qg @ S_in, P, u)
+        o = PQ @ torch.cat([u, S_in], -2)  # P u + Qg S_in
         ctx.has_S0 = S0 is not None
-        ctx.save_for_backward(q, k, v, beta, logG, D, G, kk, P, Tinv, Kb, u, S_in, Kout)
+        ctx.save_for_backward(kq, v, beta, logG, D, G, kk, PQ, Tinv, Kb, u, S_in, Kout)
         return o, S
 
     @staticmethod
     def backward(ctx: Any, dO: torch.Tensor, dS_last: torch.Tensor | None
                  ) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, beta, logG, D, G, kk, P, Tinv, Kb, u, S_in, Kout = ctx.saved_tensors
-        (Bn, N, C, dk), dv = q.shape, v.shape[-1]
+        kq, v, beta, logG, D, G, kk, PQ, Tinv, Kb, u, S_in, Kout = ctx.saved_tensors
+        (Bn, N, C, dk), dv = Kb.shape, v.shape[-1]
+        k, q, P = kq[..., :C, :], kq[..., C:, :], PQ[..., :C]
         gated = logG is not None
-        Qg = q * G if gated else q
-        dO = dO.contiguous()
-        dU = P.transpose(-1, -2) @ dO  # [Bn, N, C, dv]
-        dSO = Qg.transpose(-1, -2) @ dO  # [Bn, N, dk, dv]
+        dUSO = PQ.transpose(-1, -2) @ dO.contiguous()  # [P^T dO; Qg^T dO]  [Bn, N, C + dk, dv]
+        dU, dSO = dUSO[..., :C, :], dUSO[..., C:, :]
         dr, dS_next = torch.empty_like(u), torch.empty_like(S_in)
         dS = q.new_zeros(Bn, dk, dv) if dS_last is None else dS_last.float()
         Tinv_t, Kb_t = Tinv.transpose(-1, -2), Kb.transpose(-1, -2)
@@ -205,7 +206,8 @@ class _DeltaChunks(torch.autograd.Function):
             dlogG = None
             dq = _matmul_add(dQg, dP, k)
             k_base = torch.addcmul(dKout, beta, dKb)
-        dk = _matmul_add(_matmul_add(k_base, dKK + dKK.transpose(-1, -2), k), dP.transpose(-1, -2), q)
+        dk = _matmul_add(k_base, torch.cat([dKK + dKK.transpose(-1, -2), dP.transpose(-1, -2)], -1),
+                         kq)
         return dq, dk, beta * dr, dbeta, dlogG, dS if ctx.has_S0 else None
 
 
