@@ -19,8 +19,23 @@ there means ``r`` floats of state per channel, so the layer's ESS in floats is
 ``heads * channels * (mean per-head ESS)``: the number compared with TSS (utilisation, at most
 1 where TSS is the whole state) and, per key-value pair, with accuracy across families.
 
-What a run records (``record["ess"]``, from ``ess_summary``; positions and sequences sampled
-as its docstring says):
+What a run measures (``run_ess``, after its test): ``DEFAULTS``, which a run's ``ess`` block
+overrides knob by knob (``ess.sequences``, ``ess.positions``, ``ess.max_len``): ``sequences``
+test sequences, each on its first ``max_len`` tokens (all of them where ``max_len`` is null or
+the sequence no longer), at ``positions`` positions evenly spaced over ``1..L-1`` (every
+position where ``L - 1 <= positions``), ``L`` the length measured. A causal model's operator
+over the first ``L`` tokens is the top-left ``L x L`` block of the whole sequence's, so the
+numbers are the model's ESS (and TSS) at length ``L``: where ``T`` is longer, position ``i`` is
+measured on the rows before ``L`` only (``H_i = op[i:L, :i]``), not on all the future the model
+sees in training. The cost grows as ``L^3`` per head, and mamba has a head per inner channel:
+for a mamba:attention 3:1 model (d 128, expand 1) at ``T`` 1,024, 8 sequences took 533 s whole
+and 33 s on their first 256 tokens (one thread, benchmarks/hybrids.md). Every record written
+before the cap (all at ``T <= 64``) was measured as ``DEFAULTS`` measure there: 8 sequences,
+every position.
+
+What a run records (``record["ess"]``, from ``ess_summary``): ``sequences``, ``seq_len`` (``L``,
+the length measured), ``input_len`` (the test sequences' own length ``T``; ``L < T`` means a
+prefix was measured), ``positions`` (how many) and ``positions_at`` (which), ``tol``, and
 
 - ``layers[str(i)]``: ``mixer``, ``heads``, ``channels`` (per head), ``tolerance`` and
   ``entropy`` (mean per-head ESS over positions, heads and sequences), ``tss`` (floats),
@@ -32,10 +47,11 @@ as its docstring says):
   ``sum_layers tss`` (operator layers only); ``None`` when no layer is a linear operator.
 - ``slices["<variant>"]`` (runs whose task has test variants, e.g. ``kv=8`` of
   ``task=state_size``): the same ``total`` numbers measured on that variant's own test inputs,
-  its ``layers``, and for MQAR-like variants (``num_kv_pairs`` = ``kv``) ``kv``,
-  ``ess_per_kv`` (= ``tolerance_ess / kv``, the paper's ESS/kv), ``entropy_ess_per_kv`` and
-  ``tss_per_kv``. Beside ``metrics["test/acc@<variant>"]`` these give accuracy against ESS/kv
-  and TSS/kv per slice.
+  its ``layers``, where it was measured (``seq_len``, ``input_len``, ``positions``,
+  ``positions_at``: a variant may be longer), and for MQAR-like variants (``num_kv_pairs`` =
+  ``kv``) ``kv``, ``ess_per_kv`` (= ``tolerance_ess / kv``, the paper's ESS/kv),
+  ``entropy_ess_per_kv`` and ``tss_per_kv``. Beside ``metrics["test/acc@<variant>"]`` these
+  give accuracy against ESS/kv and TSS/kv per slice.
 """
 
 from __future__ import annotations
@@ -51,7 +67,7 @@ from torch import nn
 import tasks
 from layers import ess as E
 
-from .data import split_task_config
+from .config import split_task_config
 from .model import Backbone
 from .record import checkpoint_path, kept_checkpoint, load_records
 
@@ -116,21 +132,63 @@ def layer_floats(row: dict[str, Any], kind: str = "tolerance") -> float:
     return row["heads"] * row["channels"] * row[kind]
 
 
+# What a run measures at its end (see the module docstring): test sequences, positions per
+# sequence, and the length measured (the first max_len tokens; None: the whole sequence).
+DEFAULTS: dict[str, int | None] = {"sequences": 8, "positions": 64, "max_len": 256}
+
+
+def settings(given: dict[str, Any] | None) -> dict[str, int | None]:
+    """``DEFAULTS`` with a run's ``ess`` block over them; a bad knob raises ``ConfigError``."""
+    from .validate import ConfigError, is_int
+
+    if given is not None and not isinstance(given, dict):
+        raise ConfigError("ess", given, f"must be a mapping of {', '.join(DEFAULTS)}")
+    out = dict(DEFAULTS)
+    for k, v in (given or {}).items():
+        if k not in DEFAULTS:
+            raise ConfigError(f"ess.{k}", v, f"unknown; the ess knobs are {', '.join(DEFAULTS)}")
+        out[k] = v
+    for k, lo in (("sequences", 1), ("positions", 1), ("max_len", 2)):
+        v = out[k]
+        if not (is_int(v) and v >= lo) and not (k == "max_len" and v is None):
+            raise ConfigError(f"ess.{k}", v, f"must be an int >= {lo}"
+                              + (" or null (the whole sequence)" if k == "max_len" else ""))
+    return out
+
+
+# What ess_summary records of where it measured, repeated in each slice's entry.
+MEASURED = ("seq_len", "input_len", "positions", "positions_at")
+
+
+def summary_kwargs(opts: dict[str, int | None]) -> dict[str, int | None]:
+    """``settings`` as ``ess_summary``'s keyword arguments."""
+    return {"max_sequences": opts["sequences"], "max_positions": opts["positions"],
+            "max_len": opts["max_len"]}
+
+
+def sampled_positions(L: int, max_positions: int) -> list[int]:
+    """``max_positions`` positions evenly spaced over ``1..L-1``, or all of them."""
+    if L - 1 <= max_positions:
+        return list(range(1, L))
+    return torch.linspace(1, L - 1, max_positions).round().long().unique().tolist()
+
+
 def ess_summary(model: Backbone, tokens: torch.Tensor, max_sequences: int = 8,
-                max_positions: int = 64, tol: float = E.DEFAULT_TOL) -> dict[str, Any]:
+                max_positions: int = 64, tol: float = E.DEFAULT_TOL,
+                max_len: int | None = None) -> dict[str, Any]:
     """What a run records: per layer, mean tolerance- and entropy-ESS per head (over positions,
-    heads and sequences), TSS and utilisation. Kept cheap: at most ``max_sequences`` sequences
-    and ``max_positions`` positions evenly spaced over ``1..T-1`` (all of them when ``T`` is
-    small), so the means are estimates at long lengths."""
-    tokens = tokens[:max_sequences]
+    heads and sequences), TSS and utilisation. Kept cheap: at most ``max_sequences`` sequences,
+    each on its first ``max_len`` tokens (None: all), at ``max_positions`` positions evenly
+    spaced over ``1..L-1`` (all of them when ``L`` is small), so the means are estimates at
+    long lengths; the record says which (``seq_len``, ``input_len``, ``positions_at``)."""
     T = tokens.shape[1]
-    positions = None
-    if T - 1 > max_positions:
-        positions = torch.linspace(1, T - 1, max_positions).round().long().unique().tolist()
+    tokens = tokens[:max_sequences, :max_len]
+    L = tokens.shape[1]
+    at = sampled_positions(L, max_positions)
     layers_out = {str(i): None if e is None else _layer_row(e)
-                  for i, e in enumerate(layer_ess(model, tokens, positions, tol))}
-    return {"tol": tol, "sequences": len(tokens), "seq_len": T,
-            "positions": T - 1 if positions is None else len(positions), "layers": layers_out,
+                  for i, e in enumerate(layer_ess(model, tokens, at, tol))}
+    return {"tol": tol, "sequences": len(tokens), "seq_len": L, "input_len": T,
+            "positions": len(at), "positions_at": at, "layers": layers_out,
             "total": _total(layers_out)}
 
 
@@ -147,7 +205,8 @@ def _total(layers_out: dict[str, dict[str, Any] | None]) -> dict[str, float] | N
 def slice_summaries(model: Backbone, variants: dict[str, tasks.Task], seed: int,
                     max_sequences: int = 8, **kw: Any) -> dict[str, dict[str, Any] | None]:
     """Per test variant: ``ess_summary`` on ``max_sequences`` of that variant's test inputs,
-    flattened to its ``total`` plus ``layers``, with per-pair figures where the variant has
+    flattened to its ``total`` plus ``layers`` and what was measured (``MEASURED``), with
+    per-pair figures where the variant has
     ``num_kv_pairs`` (see the module docstring)."""
     device = next(model.parameters()).device
     out: dict[str, dict[str, Any] | None] = {}
@@ -158,13 +217,28 @@ def slice_summaries(model: Backbone, variants: dict[str, tasks.Task], seed: int,
         if total is None:
             out[name] = None
             continue
-        entry: dict[str, Any] = {**total, "layers": summary["layers"]}
+        entry: dict[str, Any] = {**total, "layers": summary["layers"],
+                                 **{k: summary[k] for k in MEASURED}}
         kv = getattr(task, "num_kv_pairs", None)
         if kv:
             entry.update(kv=kv, ess_per_kv=total["tolerance_ess"] / kv,
                          entropy_ess_per_kv=total["entropy_ess"] / kv,
                          tss_per_kv=total["tss"] / kv)
         out[name] = entry
+    return out
+
+
+def run_ess(model: Backbone, task: tasks.Task, variants: dict[str, tasks.Task], seed: int,
+            given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's ``record["ess"]``: ``ess_summary`` on its task's test split with ``settings``
+    (``given``: the run's ``ess`` block), and per test variant (``slice_summaries``)."""
+    opts = settings(given)
+    kw = summary_kwargs(opts)
+    device = next(model.parameters()).device
+    tokens = tasks.make_split(task, opts["sequences"], seed, "test")[0].to(device)
+    out = ess_summary(model, tokens, **kw)
+    if variants:  # e.g. state_size's kv=<k> slices, each on its own inputs
+        out["slices"] = slice_summaries(model, variants, seed, **kw)
     return out
 
 

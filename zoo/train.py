@@ -130,6 +130,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
                     "earlier): recording %s", git_sha(), sha, sha)
     cfg_dict = run_config(cfg)
     check(cfg_dict)  # every knob, before any import of Lightning and before any work
+    from .ess import settings as ess_settings
+
+    ess_settings(cfg_dict.get("ess"))  # the end-of-run ESS's knobs (zoo.ess), likewise
     start = start_point(cfg_dict)
     _quiet()
 
@@ -188,7 +191,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     import tasks
 
     from .data import TaskDataModule
-    from .ess import ess_summary, slice_summaries
+    from .ess import run_ess
     from .model import checkpoint_weights, model_kwargs
     from .module import ZooModule
 
@@ -234,11 +237,8 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     best = ckpt.best_model_path or None
     if status == "completed":
         trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
-        # ESS of the tested weights on a few test-split sequences (cheap; see zoo.ess)
-        sequences = tasks.make_split(task, 8, cfg.seed, "test")[0].to(module.device)
-        ess = ess_summary(module.model, sequences)
-        if dm.eval_variants:  # e.g. state_size's kv=<k> slices, each on its own inputs
-            ess["slices"] = slice_summaries(module.model, dm.eval_variants, cfg.seed)
+        # ESS of the tested weights on a few test-split sequences (bounded: zoo.ess.DEFAULTS)
+        ess = run_ess(module.model, task, dm.eval_variants, cfg.seed, cfg_dict.get("ess"))
 
     metric = es["monitor"].split("/", 1)[1]
     curve = [[step, m.get(metric)] for step, m in module.val_history]
