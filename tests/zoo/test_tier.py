@@ -178,3 +178,22 @@ def test_the_tier_is_the_matrix_once_it_has_results():
                    val_curve=[[200, 0.99]])]
     assert matrix_suite(summarise(old + first)) == "leaderboard-small"
     assert matrix_suite(summarise(old + first + tier)) == "tier"
+
+
+@pytest.fixture(scope="module")
+def committed():
+    from zoo.selection import read
+
+    return read(REPO / "results")
+
+
+@pytest.mark.parametrize("suite", ["tier", "tier-lr"])
+def test_every_committed_tier_record_says_how_it_stopped(committed, suite):
+    """The tier's records (once its sweep is committed) trained on fresh data, and each says
+    why it stopped and keeps its validation curve, so every row's `stop` column is read."""
+    for path, rec in committed.of_suite(suite).entries:
+        if rec.get("status") != "completed":
+            continue
+        assert rec["stop_reason"] in ("solved", "plateau", "max_steps", "non_finite"), path
+        assert rec["val_curve"] and rec["config"]["task"]["fresh"], path
+        assert rec["task"] in TASKS, path
