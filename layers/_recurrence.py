@@ -34,6 +34,8 @@ SUB_CHUNK = 16
 # A chunk whose total log decay stays above -FACTORISE_BELOW in every channel may use the
 # factorised scores (Q * b)(K / b)^T: then 1 / b <= exp(60), well inside fp32's exp(88).
 FACTORISE_BELOW = 60.0
+# chunked_ssd halves a chunk that decays past exp(-FACTORISE_BELOW) down to this many tokens.
+SSD_MIN_CHUNK = 8
 # chunked_linear_attention runs sequences longer than this many tokens segment by segment,
 # carrying the state: each segment's [C, C] scores and temporaries stay cache-sized, which on
 # CPU keeps the time linear in T (at 16384 tokens, in one piece, it was 1.6x slower).
@@ -276,19 +278,27 @@ def chunked_ssd(C: torch.Tensor, B: torch.Tensor, x: torch.Tensor, dt: torch.Ten
         S_next = gamma S_in + B^T (X gamma / e),   gamma = e_last
 
     where ``tril(C B^T)`` ``[C, C]`` is one per chunk for all heads, and the heads' ``X / e``
-    sit side by side as the ``H * P`` columns of one product. Otherwise (a stronger decay)
-    it is ``chunked_linear_attention`` per head, every ratio ``exp`` of a log difference.
+    sit side by side as the ``H * P`` columns of one product. Where a chunk decays further,
+    the chunks are halved (down to ``SSD_MIN_CHUNK`` tokens) until none does: the same
+    result, blocked finer. Past that (per-step decays beyond about ``exp(-60 / 8)``) it is
+    ``chunked_linear_attention`` per head, every ratio ``exp`` of a log difference.
     """
     b, T, H, P = x.shape
     with fp32(C):
         C, B, x, dt, log_a = (t.float() for t in (C, B, x, dt, log_a))
         L = chunk_size
-        if pad_time(log_a, L).unflatten(1, (-1, L)).sum(2).min() < -factorise_below:
+
+        def too_strong(L: int) -> bool:
+            return bool(pad_time(log_a, L).unflatten(1, (-1, L)).sum(2).min() < -factorise_below)
+        while too_strong(L) and L % 2 == 0 and L // 2 >= SSD_MIN_CHUNK:
+            L //= 2
+        if too_strong(L):
             q = C[:, None].expand(b, H, T, C.shape[-1])
             k = dt.transpose(1, 2)[..., None] * B[:, None]  # [b, H, T, N]
             y, S = chunked_linear_attention(
-                q, k, x.transpose(1, 2), log_a.transpose(1, 2)[..., None], chunk_size=L,
-                initial_state=initial_state, factorise_below=factorise_below)
+                q, k, x.transpose(1, 2), log_a.transpose(1, 2)[..., None],
+                chunk_size=chunk_size, initial_state=initial_state,
+                factorise_below=factorise_below)
             return y.transpose(1, 2), S
         # [b, Nc, L, .] chunks; zero padding: no input, no decay
         C, B, dt, log_a, x = (pad_time(t, L, 1).unflatten(1, (-1, L))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import layers
 from layers._delta import _unit_lower_inverse, chunked_delta_rule, delta_operator, naive_delta_rule
+from layers import _recurrence
 from layers._recurrence import chunked_ssd, naive_recurrence
 from layers.testing import assert_matches_reference, assert_rel_close, rel_rms_error
 
@@ -376,12 +377,16 @@ def ssd_inputs(T: int, decay: float, seed: int = 0) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("T,chunk_size", [(63, 16), (100, 64), (1000, 64)])
-@pytest.mark.parametrize("decay", [0.5, 200.0], ids=["factorised", "strong"])
-def test_chunked_ssd_matches_loop(T, chunk_size, decay):
+@pytest.mark.parametrize("decay,fallback", [(0.5, False), (6.0, False), (200.0, True)],
+                         ids=["factorised", "halved", "strong"])
+def test_chunked_ssd_matches_loop(T, chunk_size, decay, fallback, monkeypatch):
     """Mamba-2's chunked SSD (heads sharing C B^T; per head the loop with q = C, k = dt B,
     v = x) against naive_recurrence: outputs, final state and every gradient, the initial
     state included. decay 0.5 keeps every chunk above exp(-60) (the factorised chunks),
-    decay 200 takes them past it (the per-head fallback)."""
+    6 needs chunks of 8-16 tokens for that (halved chunks), 200 a per-step decay past
+    exp(-60 / 8) (the per-head fallback, the only case that calls chunked_linear_attention)."""
+    if not fallback:
+        monkeypatch.setattr(_recurrence, "chunked_linear_attention", None)
     args = ssd_inputs(T, decay)
     C, B, x, dt, log_a, S0 = args
     q = C[:, None].expand(2, 3, T, 5)
