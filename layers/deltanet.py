@@ -103,8 +103,7 @@ class DeltaNet(SequenceMixer):
         B, T, _ = x.shape
         H, K = self.num_heads, self.key_dim
         qkv, b, a, r = self.proj(x).split(self.widths, -1)
-        # contiguous: rows of time, as the chunked kernel reads them (the conv's are channels)
-        qkv = self.short_conv(qkv).contiguous()
+        qkv = self.short_conv(qkv)  # rows of time, as the chunked kernel reads them
         if self.short_conv.conv is None:
             qkv = F.silu(qkv)  # fla's activation on q, k, v, with or without the convolution
         q, k, v = qkv.float().split([K, K, self.value_dim], -1)

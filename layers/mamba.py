@@ -42,6 +42,7 @@ from torch import nn
 from ._dispatch import kernel_module
 from ._recurrence import causal_operator, naive_recurrence
 from ._selective_scan import selective_scan
+from ._shortconv import _CausalConv
 from .registry import SequenceMixer, register
 
 
@@ -204,37 +205,3 @@ class Mamba(SequenceMixer):
             self.D.float(), z=z.transpose(1, 2).contiguous(),
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2).to(self.out_proj.weight.dtype))  # [B, T, D]
-
-
-class _CausalConv(torch.autograd.Function):
-    """``silu(conv_causal(u))`` over time-major ``u [T, B, C]``, depthwise, taps ``w [C, k]``
-    (``nn.Conv1d``'s weight without its middle axis), bias ``b [C]`` or None.
-
-    Each tap is one multiply-add of a shifted, contiguous ``[T - s, B, C]`` slice into the
-    output, and the backward is the same taps run the other way. nn.Conv1d needs ``[B, C, T]``
-    (copies in and out of the scan's layout), and autograd through padded shifts zero-fills and
-    copies a full-size gradient per tap.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, w: torch.Tensor,
-                b: torch.Tensor | None) -> torch.Tensor:
-        T, k = u.shape[0], w.shape[1]
-        pre = u * w[:, -1] if b is None else torch.addcmul(b, u, w[:, -1])
-        for s in range(1, min(k, T)):  # tap k-1-s reads s steps back
-            pre[s:].addcmul_(u[:T - s], w[:, k - 1 - s])
-        ctx.has_bias = b is not None
-        ctx.save_for_backward(u, w, pre)
-        return F.silu(pre)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, w, pre = ctx.saved_tensors
-        T, k = u.shape[0], w.shape[1]
-        g = torch.ops.aten.silu_backward(g, pre)  # dL/dpre
-        gu, gw = g * w[:, -1], torch.zeros_like(w)
-        gw[:, -1] = (g * u).sum((0, 1))
-        for s in range(1, min(k, T)):
-            gu[:T - s].addcmul_(g[s:], w[:, k - 1 - s])
-            gw[:, k - 1 - s] = (g[s:] * u[:T - s]).sum((0, 1))
-        return gu, gw, g.sum((0, 1)) if ctx.has_bias else None

@@ -40,6 +40,7 @@ from torch import nn
 
 from ._dispatch import call_time_major, fp32, kernel_module
 from ._recurrence import causal_operator, chunked_ssd, naive_recurrence
+from ._shortconv import _CausalConv
 from .registry import SequenceMixer, register
 
 
@@ -102,11 +103,11 @@ class Mamba2(SequenceMixer):
     def _ssd_streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """In fp32: C, B ``[B, T, N]``, x per head ``[B, T, H, P]``, dt and the log decay
         dt A ``[B, T, H]``; and the gate z ``[B, T, D_in]``."""
-        T = x.shape[1]
         z, xBC, dt = self.in_proj(x).split(self.widths, -1)
-        xBC = F.silu(self.conv(xBC.transpose(1, 2))[..., :T]).transpose(1, 2)  # [B, T, Di+2N]
-        # contiguous: rows of time, as the chunked kernel reads them (the conv's are channels)
-        u, Bm, Cm = xBC.float().contiguous().split([self.d_inner, self.d_state, self.d_state], -1)
+        # the convolution's shifted taps keep xBC's [B, T, Di+2N] rows, as the kernel reads them
+        xBC = _CausalConv.apply(xBC.contiguous().transpose(0, 1), self.conv.weight[:, 0, :],
+                                self.conv.bias).transpose(0, 1)  # silu(conv)  [B, T, Di+2N]
+        u, Bm, Cm = xBC.float().split([self.d_inner, self.d_state, self.d_state], -1)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # [B, T, H]
         u = u.unflatten(-1, (self.num_heads, self.head_dim))  # [B, T, H, P]
         return Cm, Bm, u, dt, dt * -self.A_log.float().exp(), z

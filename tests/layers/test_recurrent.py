@@ -404,7 +404,7 @@ def test_mamba_shorter_than_its_convolution(T, conv_bias):
 
 
 def test_mamba_causal_conv_gradcheck():
-    from layers.mamba import _CausalConv
+    from layers._shortconv import _CausalConv
     g = torch.Generator().manual_seed(0)
     u, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
                for shape in ((6, 2, 3), (3, 4), (3,)))
