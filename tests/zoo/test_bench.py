@@ -23,7 +23,7 @@ def test_mixers_suite_runs_tiny(capsys):
 @pytest.mark.parametrize("name,fast,reference", [
     ("gla", "chunked_linear_attention", "naive_recurrence"), ("phalanx", "swr", "swr_reference"),
     ("mamba", "selective_scan", "naive_recurrence"),
-    ("mamba2", "chunked_linear_attention", "naive_recurrence"),
+    ("mamba2", "chunked_ssd", "naive_recurrence"),
     ("deltanet", "chunked_delta_rule", "naive_delta_rule"),
     ("gated_deltanet", "chunked_delta_rule", "naive_delta_rule"), ("attention", None, None)])
 def test_kernel_pair_found_through_the_contract(name, fast, reference):
