@@ -19,7 +19,7 @@ convolution (``short_conv=0``) q, k, v still pass through silu, as in fla.
 
 Paths: ``reference`` is the loop over time (``_delta.naive_delta_rule``); ``forward`` the
 chunked form (``_delta.chunked_delta_rule``: the UT transform makes each chunk a triangular
-solve and matrix products, linear in T); on CUDA with ``fla`` installed, fla's
+inverse and matrix products, with a hand-written backward, linear in T); on CUDA with ``fla`` installed, fla's
 ``chunk_gated_delta_rule`` with a zero decay (its ``chunk_delta_rule`` refuses fp32).
 ``step`` is the loop on one token. The map from v to o is linear given q, k, b: ``operator``
 is per head ``T_ts = b_s q_t^T P_{s+1..t} k_s / sqrt(dk)`` with
