@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .labels import label, layer_sequence, width
-from .selection import Records, flat
+from .reading import Records
+from .selection import flat
 
 LEAD = ("path", "counted", "duplicate_of", "superseded_by", "run_id", "suite", "task", "label", "width",
         "layers", "status", "stop_reason", "seed")

@@ -29,7 +29,8 @@ from . import ess_study, plots
 from .export import write_csv
 from .render import render
 from .labels import label
-from .selection import Board, matrix, matrix_suite, read, recall_suite, summarise
+from .reading import read
+from .selection import Board, matrix, matrix_suite, recall_suite, summarise
 from .two_stage import unfinished
 
 RESULTS, OUT = "results", "leaderboard.md"

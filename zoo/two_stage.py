@@ -99,7 +99,7 @@ def unfinished(records: Any) -> list[tuple[str, dict[str, Any]]]:
     ``lr_from``) that stopped at their step cap while still improving, with their paths: numbers
     set by the budget, not the architecture. They are not published: the budget ladder
     (``extend=true``, e.g. ``experiment=frontier/long``) trains them longer first, and the longer
-    run is published with them. ``records`` is a ``zoo.selection.Records``."""
+    run is published with them. ``records`` is a ``zoo.reading.Records``."""
     out = []
     for path, rec in records.entries:
         cfg = rec.get("config") or {}

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from zoo import eval as zeval
 from zoo import leaderboard
 from zoo.record import write_record
-from zoo.selection import read
+from zoo.reading import read
 from zoo.train import run
 
 from synthetic_records import config, record

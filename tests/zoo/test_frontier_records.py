@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zoo.labels import label
-from zoo.selection import read
+from zoo.reading import read
 from zoo.two_stage import still_improving, unfinished
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"

@@ -16,7 +16,7 @@ from zoo.config import split_task_config
 from zoo.export import write_csv
 from zoo.labels import CONFIG_DIR, label, layer_defaults, layer_sequence
 from zoo.model import Backbone, model_kwargs
-from zoo.selection import read
+from zoo.reading import read
 from zoo.sweeps import distinct_jobs, sweep_jobs
 from zoo.train import run_config
 from zoo.validate import check

@@ -12,7 +12,8 @@ from synthetic_records import config, frontier, many, record
 from zoo import leaderboard
 from zoo.labels import layer_defaults
 from zoo.record import write_record
-from zoo.selection import read, summarise
+from zoo.reading import read
+from zoo.selection import summarise
 
 REPO = Path(__file__).resolve().parents[2]
 

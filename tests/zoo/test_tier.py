@@ -182,7 +182,7 @@ def test_the_tier_is_the_matrix_once_it_has_results():
 
 @pytest.fixture(scope="module")
 def committed():
-    from zoo.selection import read
+    from zoo.reading import read
 
     return read(REPO / "results")
 

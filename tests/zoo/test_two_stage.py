@@ -131,7 +131,8 @@ def test_extends_only_a_run_stopped_at_its_cap_while_improving(tmp_path):
 
 
 def test_a_longer_run_is_counted_in_the_place_of_the_run_it_extends(tmp_path):
-    from zoo.selection import read, summarise
+    from zoo.reading import read
+    from zoo.selection import summarise
     _rung(tmp_path, 1, 5000, RISING, acc=0.6)
     _rung(tmp_path, 2, 5000, [[500, 0.2], [1000, 0.995]], stop="solved", seed=1, acc=0.99)
     _rung(tmp_path, 3, 20000, [[s, 0.9] for s in range(2000, 20001, 2000)], stop="plateau",
@@ -148,7 +149,7 @@ def test_a_longer_run_is_counted_in_the_place_of_the_run_it_extends(tmp_path):
 def test_unfinished_lists_second_stage_runs_stopped_while_improving_until_extended(tmp_path,
                                                                                     capsys):
     from zoo.leaderboard import main
-    from zoo.selection import read
+    from zoo.reading import read
     from zoo.two_stage import unfinished
     _rung(tmp_path, 1, 5000, RISING)                       # stage 1 (no lr_from): not listed
     assert unfinished(read(tmp_path)) == []
