@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
 import tasks
 from layers import ess as E

@@ -356,7 +356,7 @@ def render(board: Board, plots: Sequence[tuple[str, str]] = ()) -> str:
     recs = board.records
     n = len(recs.counted)
     evals = f" and {len(recs.evals)} eval records joined to them" if recs.evals else ""
-    head = [f"# Leaderboard", "",
+    head = ["# Leaderboard", "",
             f"Built by `python -m zoo.leaderboard` from the {n} run records{evals} in "
             f"`{board.source}/` ({len(recs.problems)} files skipped, "
             f"{len(recs.duplicate_of)} duplicates ignored"
