@@ -1,7 +1,8 @@
 """What a run is, before it trains: the resolved config it records and hashes into its key
 (``run_config``, ``identity``: a starting checkpoint counts by its contents), and what a run
 of a two-stage sweep takes from earlier records (stage 2's learning rate, ``selected_lr``;
-the shorter run an extension replaces, ``extended_run``). ``zoo.train`` calls these before
+the shorter run an extension replaces, ``extended_run``; whether a rate beyond stage 1's grid
+trains, ``beyond_edge``). ``zoo.train`` calls these before
 it takes the lock on the key; a resumed sweep finds its finished runs by that key
 (``zoo.record.config_key``)."""
 
@@ -87,6 +88,17 @@ def extended_run(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, A
         return None
     return {"run_id": prev["run_id"], "max_steps": prev["config"]["trainer"]["max_steps"],
             "root_max_steps": ladder_root_steps(prev), "reason": why}
+
+
+def beyond_edge(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> bool:
+    """``lr_edge=true``: whether this stage-1 run's rate is the next step beyond the edge of
+    its suite's grid where the best rate sits unsolved (``zoo.two_stage.edge_rate``); said in
+    the log either way (when not, the run is skipped)."""
+    from .two_stage import edge_rate
+
+    trains, why = edge_rate(cfg_dict, cfg_dict["results_dir"], *monitor(cfg_dict, knobs))
+    log.info("%s", why if trains else f"skipping: {why}")
+    return trains
 
 
 def selected_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ PACKAGES = ("torch", "lightning", "hydra-core", "einops", "torchmetrics")
 # Top-level config keys that say where and how a run is executed, not what it computes: they
 # are left out of a run's identity (``config_key``) and of the hyper-parameters selected over.
 BOOKKEEPING = ("out_dir", "results_dir", "progress_refresh_rate", "logger", "callbacks", "resume",
-               "checkpoint_dir", "threads", "suite", "keep_checkpoint", "lr_from", "extend")
+               "checkpoint_dir", "threads", "suite", "keep_checkpoint", "lr_from", "extend",
+               "lr_edge")
 
 
 def new_run_id() -> str:

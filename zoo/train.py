@@ -38,7 +38,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import split_task_config
-from .identity import extended_run, identity, run_config, selected_lr, start_point
+from .identity import beyond_edge, extended_run, identity, run_config, selected_lr, start_point
 from .labels import label
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
@@ -149,6 +149,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         extends = extended_run(cfg_dict, knobs)
         if extends is None:
             return {"status": "skipped", "reason": "nothing to extend"}
+    if cfg_dict.get("lr_edge") and not beyond_edge(cfg_dict, knobs):
+        return {"status": "skipped", "reason": "not the next rate beyond an unsolved edge"}
     key = config_key(identity(cfg_dict, start))
     keyed_dir = Path(cfg.checkpoint_dir) / task_name / cfg.layer.name / key
     if not _is_rank_zero():  # rank 0 holds the lock for the whole data-parallel run

@@ -12,6 +12,10 @@ The budget ladder: a run that stopped at its step cap while still improving was 
 budget, not its architecture. ``extend=true`` trains the same config and seed again at a larger
 cap only where the longest shorter run did that (``to_extend``); its record names the run it
 ``extends``, and the leaderboard counts it in that run's place (``zoo.selection``).
+
+Widening the grid: a best rate at an edge of stage 1's grid that did not solve the task may sit
+beyond it. ``lr_edge=true`` trains a stage-1 run only where its rate is the next step beyond
+that edge (``edge_rate``), in stage 1's suite, so stage 2 selects over the wider grid.
 Torch-free: it reads records only.
 """
 
@@ -45,33 +49,88 @@ def _best(record: dict[str, Any], metric: str, mode: str) -> tuple[float, int] |
     return best, next(s for s, v in curve if v == best)
 
 
-def select_lr(config: dict[str, Any], results_dir: str | Path, suite: str, metric: str,
-              mode: str) -> tuple[float, dict[str, Any]]:
-    """The stage-1 learning rate for ``config`` and the evidence (rates, scores, run ids).
-    Raises LookupError when stage 1 has no completed run of this config."""
+def _rate_scores(config: dict[str, Any], results_dir: str | Path, suite: str, metric: str,
+                 mode: str, without: float | None = None
+                 ) -> dict[float, tuple[float, float, list[str]]]:
+    """Rate -> (mean best validation value, mean step of it, run ids) over the completed runs
+    of ``config`` (up to ``stage_key``) in ``suite``, leaving out the runs at rate ``without``."""
     key = stage_key(config)
     records, _ = load_records(results_dir)
     by_lr: dict[float, list[tuple[float, int, str]]] = {}
     for r in records:
         cfg = r.get("config")
         if (r.get("status") != "completed" or not isinstance(cfg, dict)
-                or cfg.get("suite") != suite or stage_key(cfg) != key):
+                or cfg.get("suite") != suite or stage_key(cfg) != key
+                or float(cfg["optim"]["lr"]) == without):
             continue
         best = _best(r, metric, mode)
         if best is not None:
             by_lr.setdefault(float(cfg["optim"]["lr"]), []).append((*best, r["run_id"]))
-    if not by_lr:
+    return {lr: (statistics.fmean(v for v, _, _ in runs), statistics.fmean(s for _, s, _ in runs),
+                 [rid for _, _, rid in runs]) for lr, runs in by_lr.items()}
+
+
+def _best_rate(scores: dict[float, tuple[float, float, list[str]]], mode: str) -> float:
+    """The best mean validation value; among ties the faster, then the lower rate."""
+    sign = 1 if mode == "max" else -1
+    return max(scores, key=lambda k: (sign * scores[k][0], -scores[k][1], -k))
+
+
+def select_lr(config: dict[str, Any], results_dir: str | Path, suite: str, metric: str,
+              mode: str) -> tuple[float, dict[str, Any]]:
+    """The stage-1 learning rate for ``config`` and the evidence (rates, scores, run ids).
+    Raises LookupError when stage 1 has no completed run of this config."""
+    scores = _rate_scores(config, results_dir, suite, metric, mode)
+    if not scores:
         raise LookupError(f"no completed run of this config in suite {suite!r} under "
                           f"{results_dir}/: run that stage first")
-    sign = 1 if mode == "max" else -1
-    scores = {lr: (statistics.fmean(v for v, _, _ in runs),
-                   statistics.fmean(s for _, s, _ in runs)) for lr, runs in by_lr.items()}
-    lr = max(scores, key=lambda k: (sign * scores[k][0], -scores[k][1], -k))
+    lr = _best_rate(scores, mode)
     evidence = {"suite": suite, "metric": f"val/{metric}", "selected": lr,
                 "rates": {str(k): {"mean_best": scores[k][0], "mean_step_of_best": scores[k][1],
-                                   "runs": [rid for _, _, rid in by_lr[k]]}
-                          for k in sorted(by_lr)}}
+                                   "runs": scores[k][2]}
+                          for k in sorted(scores)}}
     return lr, evidence
+
+
+# Widening the grid: where stage 1's best rate sits at an edge of its grid and did not solve the
+# task, the next rate beyond that edge is trained too (``lr_edge=true``), in the same suite, so
+# that select_lr sees it.
+STEP_SLACK = 1.15
+
+
+def edge_rate(config: dict[str, Any], results_dir: str | Path, metric: str,
+              mode: str) -> tuple[bool, str]:
+    """For an ``lr_edge=true`` stage-1 run: whether its rate is the next step beyond the edge
+    of the rates its config already has in its suite (completed runs, other rates) where the
+    best of them (``select_lr``'s rule) sits without having solved the task (its mean best
+    validation value short of ``early_stopping.stopping_threshold``), with a sentence that
+    says why. "Next step": beyond the edge by at most the grid's widest step between
+    neighbouring rates, give or take rounding (3e-4, 1e-3, 3e-3, 1e-2: 1e-4 and 3e-2, not
+    3e-5 or 1e-1)."""
+    lr, suite = float(config["optim"]["lr"]), config.get("suite")
+    scores = _rate_scores(config, results_dir, suite, metric, mode, without=lr)
+    rates = sorted(scores)
+    if len(rates) < 2:
+        return False, (f"{len(rates)} completed rate(s) of this config in suite {suite!r} under "
+                       f"{results_dir}/: the grid needs two to have an edge")
+    best = _best_rate(scores, mode)
+    value = scores[best][0]
+    grid = f"grid {rates[0]:g}..{rates[-1]:g} (best {best:g}, val/{metric} {value:.4g})"
+    # the grid's widest step, with room for rounded log spacing (3e-4, 1e-3: steps of 3 and 3.33)
+    step = max(b / a for a, b in zip(rates, rates[1:])) * STEP_SLACK
+    if rates[0] <= lr <= rates[-1]:
+        return False, f"lr {lr:g} lies inside the {grid}"
+    edge = rates[-1] if lr > rates[-1] else rates[0]
+    if best != edge:
+        return False, f"lr {lr:g} lies beyond an edge of the {grid} that is not the best"
+    if max(lr / edge, edge / lr) > step:
+        return False, (f"lr {lr:g} lies more than one step (x{step:.3g}) beyond the edge "
+                       f"of the {grid}")
+    threshold = (config.get("early_stopping") or {}).get("stopping_threshold")
+    if threshold is not None and (value >= threshold if mode == "max" else value <= threshold):
+        return False, f"the best rate of the {grid} solved the task (threshold {threshold:g})"
+    return True, (f"the best rate of the {grid} sits at its edge unsolved: training the next "
+                  f"step, lr {lr:g}")
 
 
 # The budget ladder: a run that reached its step cap while still improving is trained again at

@@ -168,7 +168,7 @@ def check(cfg: dict[str, Any]) -> None:
 def _check_run(cfg: dict[str, Any]) -> None:
     check_int(cfg, "seed", 0)
     check_int(cfg, "threads", 1, none_ok=True)
-    for knob in ("resume", "keep_checkpoint", "extend"):
+    for knob in ("resume", "keep_checkpoint", "extend", "lr_edge"):
         if knob in cfg:
             check_bool(cfg, knob)
     check_int(cfg, "progress_refresh_rate", 1)
@@ -179,6 +179,8 @@ def _check_run(cfg: dict[str, Any]) -> None:
         name = cfg.get(knob)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(knob, name, "must be a suite name or null")
+    if cfg.get("lr_edge") and cfg.get("lr_from") is not None:
+        raise ConfigError("lr_edge", True, "widens a first stage's grid: lr_from must be null")
     path = cfg.get("ckpt_path")
     if path is not None:
         if not isinstance(path, str) or not path:

@@ -1,6 +1,7 @@
 """Sweeps: resumable runs, parallel workers, the leaderboard presets, DDP on CPU."""
 
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -273,7 +274,41 @@ def test_stage_two_trains_at_the_rate_stage_one_chose(make_cfg, tmp_path):
     assert best["config"]["optim"]["lr"] in (1e-4, 3e-3)
 
 
-@pytest.mark.parametrize("stage", ["lr", "final"])
+def test_lr_edge_trains_only_the_rate_beyond_an_unsolved_edge(make_cfg, tmp_path, caplog):
+    """Stage 1 at two rates, then lr_edge=true beyond each edge: the run beyond the best rate's
+    edge trains into the same suite (stage 2 then selects over three rates), the other skips
+    before any work, saying why, and writes no record."""
+    from zoo.record import load_records
+    from zoo.two_stage import select_lr
+
+    unsolvable = "early_stopping.stopping_threshold=1.01"  # validation never reaches it
+    for lr in (1e-3, 3e-3):
+        run(make_cfg("suite=s1", f"optim.lr={lr}", unsolvable))
+    best, _ = select_lr(run_config(make_cfg("suite=s1", unsolvable)), tmp_path / "results", "s1",
+                        "acc", "max")
+    beyond, other = (1e-2, 3e-4) if best == 3e-3 else (3e-4, 1e-2)
+    with caplog.at_level(logging.INFO, logger="zoo.train"):
+        skipped = run(make_cfg("suite=s1", f"optim.lr={other}", "lr_edge=true", unsolvable))
+    assert skipped["status"] == "skipped" and "skipping: " in caplog.text
+    assert "not the best" in caplog.text  # beyond the edge of the rate that lost
+    assert len(load_records(tmp_path / "results")[0]) == 2
+    rec = run(make_cfg("suite=s1", f"optim.lr={beyond}", "lr_edge=true", unsolvable))
+    assert rec["status"] == "completed" and rec["config"]["optim"]["lr"] == beyond
+    final = run(make_cfg("suite=s2", "lr_from=s1", unsolvable))
+    assert set(final["lr_selection"]["rates"]) == {str(r) for r in (1e-3, 3e-3, beyond)}
+
+
+def test_readme_frontier_command_runs_every_stage_in_order():
+    """The README's frontier command: stage 1, its widening, stage 2, the budget ladder."""
+    readme = (CONFIGS.parent / "README.md").read_text()
+    (line,) = [ln for ln in readme.splitlines() if "experiment=frontier/$stage" in ln]
+    words = shlex.split(line.replace(";", " ; "))
+    assert words[:8] == ["for", "stage", "in", "lr", "lr_edge", "final", "long", ";"]
+    for stage in words[3:7]:
+        assert (CONFIGS / "experiment" / "frontier" / f"{stage}.yaml").is_file()
+
+
+@pytest.mark.parametrize("stage", ["lr", "lr_edge", "final"])
 def test_frontier_stages_compose_for_every_form(stage):
     forms = [f"layer={n}" for n in layers.names() if n != "swa"] + [
         f"arch={p.stem}" for p in sorted((CONFIGS / "arch").glob("*.yaml"))]
@@ -286,6 +321,11 @@ def test_frontier_stages_compose_for_every_form(stage):
             params = cfg.hydra.sweeper.params
             if stage == "lr":
                 assert cfg.suite == "frontier-lr" and params["optim.lr"] == "3e-4,1e-3,3e-3,1e-2"
+                assert cfg.lr_edge is False and cfg.lr_from is None
+            elif stage == "lr_edge":  # the next half-decade step beyond each edge of lr's grid
+                assert cfg.suite == "frontier-lr" and params["optim.lr"] == "1e-4,3e-2"
+                assert cfg.lr_edge is True and cfg.lr_from is None
+                assert cfg.trainer.max_steps == 1000 and "seed" not in params
             else:
                 assert cfg.suite == "frontier" and cfg.lr_from == "frontier-lr"
                 assert params["seed"] == "0,1,2"

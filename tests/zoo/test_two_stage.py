@@ -163,3 +163,97 @@ def test_unfinished_lists_second_stage_runs_stopped_while_improving_until_extend
     _rung(tmp_path, 8, 20000, [[s, 0.9] for s in range(2000, 20001, 2000)], stop="plateau",
           extends={"run_id": "r5", "root_max_steps": 5000}, lr_from="s1")
     assert unfinished(read(tmp_path)) == []                # the longer run takes its place
+
+
+# Widening the grid (lr_edge=true)
+
+GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def _edge(lr, threshold=0.99, mode="max", **changes):
+    """An lr_edge=true stage-1 run's config at rate ``lr``."""
+    cfg = copy.deepcopy(BASE)
+    cfg["optim"]["lr"], cfg["lr_edge"] = lr, True
+    cfg["early_stopping"] = {"patience": 5, "monitor": None, "mode": mode,
+                             "stopping_threshold": threshold}
+    cfg.update(changes)
+    return cfg
+
+
+def _grid(tmp_path, best, value=0.5, other=0.2):
+    """Stage 1's four rates, the best at ``best`` (its best validation value ``value``)."""
+    for n, lr in enumerate(GRID):
+        _record(tmp_path, n, lr, [[100, other], [200, value if lr == best else other]])
+
+
+def test_lr_edge_trains_the_next_step_beyond_an_unsolved_top_edge(tmp_path):
+    from zoo.two_stage import edge_rate
+    _grid(tmp_path, best=1e-2)
+    trains, why = edge_rate(_edge(3e-2), tmp_path, "acc", "max")
+    assert trains and "lr 0.03" in why and "unsolved" in why
+    for lr, said in ((1e-4, "not the best"),        # the other edge
+                     (1e-1, "more than one step"),  # not adjacent
+                     (3e-3, "inside"), (5e-4, "inside")):
+        trains, why = edge_rate(_edge(lr), tmp_path, "acc", "max")
+        assert not trains and said in why, (lr, why)
+    # another config or another suite has no grid yet
+    assert not edge_rate(_edge(3e-2, model={"d_model": 128}), tmp_path, "acc", "max")[0]
+    assert not edge_rate(_edge(3e-2, suite="s2"), tmp_path, "acc", "max")[0]
+
+
+def test_lr_edge_trains_the_next_step_below_an_unsolved_bottom_edge(tmp_path):
+    from zoo.two_stage import edge_rate
+    _grid(tmp_path, best=3e-4)
+    assert edge_rate(_edge(1e-4), tmp_path, "acc", "max")[0]
+    assert not edge_rate(_edge(3e-2), tmp_path, "acc", "max")[0]
+    assert not edge_rate(_edge(3e-5), tmp_path, "acc", "max")[0]  # two steps below
+
+
+def test_lr_edge_skips_a_best_inside_the_grid_or_one_that_solved(tmp_path):
+    from zoo.two_stage import edge_rate
+    _grid(tmp_path / "inside", best=3e-3)
+    for lr in (1e-4, 3e-2):
+        trains, why = edge_rate(_edge(lr), tmp_path / "inside", "acc", "max")
+        assert not trains and "best 0.003" in why and "not the best" in why
+    _grid(tmp_path / "solved", best=1e-2, value=0.995)
+    trains, why = edge_rate(_edge(3e-2), tmp_path / "solved", "acc", "max")
+    assert not trains and "solved" in why and "0.99" in why
+    # the same record unsolved under a stricter threshold; none at all: never solved
+    assert edge_rate(_edge(3e-2, threshold=0.999), tmp_path / "solved", "acc", "max")[0]
+    assert edge_rate(_edge(3e-2, threshold=None), tmp_path / "solved", "acc", "max")[0]
+
+
+def test_lr_edge_follows_select_lr_and_ignores_its_own_rate(tmp_path):
+    """The best is select_lr's (mean over seeds, lower is better in min mode); the runs at the
+    edge run's own rate (a resumed sweep's, or a second widening's) do not move the grid."""
+    from zoo.two_stage import edge_rate
+    _record(tmp_path, 1, 1e-3, [[100, 2.0]])
+    _record(tmp_path, 2, 3e-3, [[100, 1.0]], seed=0)
+    _record(tmp_path, 3, 3e-3, [[100, 5.0]], seed=1)  # mean 3.0: 1e-3 is best, lower
+    assert edge_rate(_edge(3e-4, threshold=0.5, mode="min"), tmp_path, "loss", "min")[0]
+    assert not edge_rate(_edge(1e-2, threshold=0.5, mode="min"), tmp_path, "loss", "min")[0]
+    assert not edge_rate(_edge(3e-4, threshold=2.0, mode="min"), tmp_path, "loss", "min")[0]
+    _record(tmp_path, 4, 3e-4, [[100, 9.0]])  # the edge run itself, done: the same answer
+    assert edge_rate(_edge(3e-4, threshold=0.5, mode="min"), tmp_path, "loss", "min")[0]
+    # ... and a second widening goes one step further from the new edge only if it is best
+    assert not edge_rate(_edge(1e-4, threshold=0.5, mode="min"), tmp_path, "loss", "min")[0]
+
+
+def test_lr_edge_needs_a_grid(tmp_path):
+    from zoo.two_stage import edge_rate
+    trains, why = edge_rate(_edge(3e-2), tmp_path, "acc", "max")
+    assert not trains and "two" in why
+    _record(tmp_path, 1, 1e-2, [[100, 0.1]])
+    assert not edge_rate(_edge(3e-2), tmp_path, "acc", "max")[0]
+
+
+def test_lr_edge_is_bookkeeping_and_a_validated_knob():
+    from zoo.record import config_key
+    from zoo.validate import ConfigError, _check_run
+    assert config_key(_edge(1e-3)) == config_key({**_edge(1e-3), "lr_edge": False})
+    assert stage_key(_edge(3e-2)) == stage_key(BASE)
+    _check_run({"seed": 0, "lr_edge": True, "progress_refresh_rate": 1})
+    with pytest.raises(ConfigError, match="lr_edge"):
+        _check_run({"seed": 0, "lr_edge": "yes", "progress_refresh_rate": 1})
+    with pytest.raises(ConfigError, match="lr_edge.*lr_from"):
+        _check_run({"seed": 0, "lr_edge": True, "lr_from": "s1", "progress_refresh_rate": 1})
