@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 TIER = CONFIGS / "experiment" / "tier"
 TASKS = sorted(p.name for p in TIER.iterdir() if p.is_dir())
-STAGES = ("lr", "final", "long")
+STAGES = ("lr", "lr_edge", "final", "long")
 # The frontier's forms (README: its one command), which the tier trains too.
 FORMS = [f"layer={n}" for n in layers.names("sequence") if n != "swa"] + [
     f"arch={p.stem}" for p in sorted((CONFIGS / "arch").glob("*.yaml"))]
@@ -60,7 +60,6 @@ def test_the_tier_is_the_leaderboard_tasks_beside_the_frontiers_recall():
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("stage", STAGES)
 def test_tier_stages_compose_for_every_form(task, stage):
-    lr_grid = frontier_file("lr")["hydra"]["sweeper"]["params"]["optim.lr"]
     seeds = frontier_file("final")["hydra"]["sweeper"]["params"]["seed"]
     for form in FORMS:
         cfg = composed(f"experiment=tier/{task}/{stage}", form)
@@ -69,9 +68,11 @@ def test_tier_stages_compose_for_every_form(task, stage):
         assert cfg.resume is True and cfg.results_dir == "results"
         assert cfg.early_stopping.stopping_threshold == 0.99
         params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-        if stage == "lr":
+        if stage in ("lr", "lr_edge"):
             assert cfg.suite == "tier-lr" and cfg.lr_from is None and not cfg.extend
-            assert params == {"optim.lr": lr_grid}, "the frontier's four rates"
+            assert cfg.lr_edge is (stage == "lr_edge")
+            grid = frontier_file(stage)["hydra"]["sweeper"]["params"]["optim.lr"]
+            assert params == {"optim.lr": grid}, "the frontier's rates, and its edge steps"
             assert cfg.trainer.max_steps == 1000
         else:
             assert cfg.suite == "tier" and cfg.lr_from == "tier-lr"
@@ -155,7 +156,7 @@ def test_readme_gives_the_tier_command():
     readme = (REPO / "README.md").read_text()
     (line,) = [ln for ln in readme.splitlines() if "experiment=tier/$task/$stage" in ln]
     words = shlex.split(line.replace(";", " ; "))
-    assert words[:7] == ["for", "stage", "in", *STAGES, ";"]
+    assert words[:len(STAGES) + 4] == ["for", "stage", "in", *STAGES, ";"]
     i = words.index("task")
     assert words[i + 1] == "in" and sorted(words[i + 2:i + 2 + len(TASKS)]) == TASKS
     assert "layer=glob(*,exclude=[moe,swa])" in words and "arch=glob(*)" in words
