@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +91,26 @@ def extended_run(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, A
             "root_max_steps": ladder_root_steps(prev), "reason": why}
 
 
-def beyond_edge(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> bool:
-    """``lr_edge=true``: whether this stage-1 run's rate is the next step beyond the edge of
-    its suite's grid where the best rate sits unsolved (``zoo.two_stage.edge_rate``); said in
-    the log either way (when not, the run is skipped)."""
+def beyond_edge(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> str | None:
+    """``lr_edge=true``: why this stage-1 run's rate trains (the next step beyond the edge of
+    its suite's grid where the best rate sits unsolved, ``zoo.two_stage.edge_rate``), for the
+    record, or None when it does not (the run is skipped); said in the log either way."""
     from .two_stage import edge_rate
 
     trains, why = edge_rate(cfg_dict, cfg_dict["results_dir"], *monitor(cfg_dict, knobs))
     log.info("%s", why if trains else f"skipping: {why}")
-    return trains
+    return why if trains else None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """How a run began, as its record says: the checkpoint it started from (``started_from``),
+    stage 2's rate and its evidence (``lr_selection``), the shorter run it extends
+    (``extends``), why a rate beyond stage 1's grid trains (``lr_edge``)."""
+    started_from: dict[str, str] | None = None
+    lr_selection: dict[str, Any] | None = None
+    extends: dict[str, Any] | None = None
+    lr_edge: str | None = None
 
 
 def selected_lr(cfg_dict: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import split_task_config
-from .identity import beyond_edge, extended_run, identity, run_config, selected_lr, start_point
+from .identity import (Origin, beyond_edge, extended_run, identity, run_config, selected_lr,
+                       start_point)
 from .labels import label
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
@@ -144,30 +145,31 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     torch.set_float32_matmul_precision("high")
     task_name, knobs, _ = split_task_config(cfg_dict["task"])
     selection = selected_lr(cfg_dict, knobs) if cfg_dict.get("lr_from") else None
-    extends = None
+    extends = edge = None
     if cfg_dict.get("extend"):
         extends = extended_run(cfg_dict, knobs)
         if extends is None:
             return {"status": "skipped", "reason": "nothing to extend"}
-    if cfg_dict.get("lr_edge") and not beyond_edge(cfg_dict, knobs):
-        return {"status": "skipped", "reason": "not the next rate beyond an unsolved edge"}
+    if cfg_dict.get("lr_edge"):
+        edge = beyond_edge(cfg_dict, knobs)
+        if edge is None:
+            return {"status": "skipped", "reason": "not the next rate beyond an unsolved edge"}
+    origin = Origin(start, selection, extends, edge)
     key = config_key(identity(cfg_dict, start))
     keyed_dir = Path(cfg.checkpoint_dir) / task_name / cfg.layer.name / key
     if not _is_rank_zero():  # rank 0 holds the lock for the whole data-parallel run
-        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start,
-                      extends)
+        return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, origin)
     try:
         with exclusive(keyed_dir / "lock") as holder:
             return _locked(cfg, cfg_dict, key, keyed_dir, holder, started, sha, callbacks,
-                           selection, start, extends)
+                           origin)
     finally:
         prune_empty(keyed_dir, Path(cfg.checkpoint_dir))
 
 
 def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
             holder: str | None, started: float, sha: str | None, callbacks: Sequence[Any],
-            selection: dict[str, Any] | None, start: dict[str, str] | None,
-            extends: dict[str, Any] | None = None) -> dict[str, Any]:
+            origin: Origin) -> dict[str, Any]:
     """The part of ``run`` under the config's lock (``holder`` names another owner)."""
     task_name = cfg_dict["task"]["name"]
     if holder is not None:
@@ -179,15 +181,12 @@ def _locked(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path
             log.info("skipping: this config finished as run %s (%s)", done["run_id"],
                      done["status"])
             return done
-    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, selection, start,
-                  extends)
+    return _train(cfg, cfg_dict, key, keyed_dir, started, sha, callbacks, origin)
 
 
 def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
            started: float, sha: str | None, callbacks: Sequence[Any],
-           selection: dict[str, Any] | None = None,
-           start: dict[str, str] | None = None,
-           extends: dict[str, Any] | None = None) -> dict[str, Any]:
+           origin: Origin = Origin()) -> dict[str, Any]:
     import lightning as L
 
     import tasks
@@ -218,6 +217,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ZooModule(mkw, cfg_dict["optim"], eval_names=dm.eval_names, metrics=task.metrics)
     module.wall_started = started
+    start = origin.started_from
     start_weights = start is not None and not resume_from  # a resume has its own weights
     if start_weights:
         module.model.load_state_dict(checkpoint_weights(start["path"]))
@@ -261,8 +261,9 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], key: str, keyed_dir: Path,
         "config_key": key,
         "resumed_from_step": resumed_step,
         "started_from": start,
-        "lr_selection": selection,
-        "extends": extends,
+        "lr_selection": origin.lr_selection,
+        "extends": origin.extends,
+        "lr_edge": origin.lr_edge,
         "seed": cfg.seed,
         "params": module.model.num_params(),
         "params_non_embedding": module.model.num_params(non_embedding=True),

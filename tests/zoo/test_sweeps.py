@@ -294,6 +294,9 @@ def test_lr_edge_trains_only_the_rate_beyond_an_unsolved_edge(make_cfg, tmp_path
     assert len(load_records(tmp_path / "results")[0]) == 2
     rec = run(make_cfg("suite=s1", f"optim.lr={beyond}", "lr_edge=true", unsolvable))
     assert rec["status"] == "completed" and rec["config"]["optim"]["lr"] == beyond
+    assert "sits at its edge unsolved" in rec["lr_edge"]  # the record says why it trained
+    assert all(r["lr_edge"] is None for r in load_records(tmp_path / "results")[0]
+               if r["run_id"] != rec["run_id"])
     final = run(make_cfg("suite=s2", "lr_from=s1", unsolvable))
     assert set(final["lr_selection"]["rates"]) == {str(r) for r in (1e-3, 3e-3, beyond)}
 
