@@ -153,6 +153,14 @@ def still_improving(curve: list, mode: str = "max", tail: float = TAIL,
     return bool(before and after) and max(after) > max(before) + margin
 
 
+def cut_short(record: dict[str, Any], mode: str = "max") -> bool:
+    """Whether a run stopped at its step cap while still improving (``still_improving``): its
+    number was set by its budget. The budget ladder extends such runs (``to_extend``); the
+    leaderboard does not publish them until then (``unfinished``)."""
+    return (record.get("stop_reason") == "max_steps"
+            and still_improving(record.get("val_curve") or [], mode))
+
+
 def unfinished(records: Any) -> list[tuple[str, dict[str, Any]]]:
     """The counted second-stage records (their preset takes its rate from a first stage,
     ``lr_from``) that stopped at their step cap while still improving, with their paths: numbers
@@ -163,9 +171,7 @@ def unfinished(records: Any) -> list[tuple[str, dict[str, Any]]]:
     for path, rec in records.entries:
         cfg = rec.get("config") or {}
         mode = (cfg.get("early_stopping") or {}).get("mode", "max")
-        if (records.is_counted(path) and cfg.get("lr_from")
-                and rec.get("stop_reason") == "max_steps"
-                and still_improving(rec.get("val_curve") or [], mode)):
+        if records.is_counted(path) and cfg.get("lr_from") and cut_short(rec, mode):
             out.append((path, rec))
     return out
 
@@ -200,7 +206,7 @@ def to_extend(config: dict[str, Any], results_dir: str | Path,
         return None, f"no completed run of this config at fewer than {cap} steps to extend"
     prev = max(shorter, key=lambda r: (r["config"]["trainer"]["max_steps"], str(r["run_id"])))
     steps = prev["config"]["trainer"]["max_steps"]
-    if prev.get("stop_reason") == "max_steps" and still_improving(prev["val_curve"] or [], mode):
+    if cut_short(prev, mode):
         return prev, (f"run {prev['run_id']} stopped at its cap of {steps} steps while still "
                       f"improving: trained again to {cap}")
     return None, (f"run {prev['run_id']} converged at {steps} steps "
