@@ -180,7 +180,7 @@ RECALL = ["attention x8"] + [f"{m}:attention {r}:1 x8" for m in
                              ("swa(16)", "phalanx", "gla", "mamba(expand=1)") for r in (1, 3, 7)]
 
 
-@pytest.mark.parametrize("experiment", ["hybrid_lm", "hybrid_lm_lr"])
+@pytest.mark.parametrize("experiment", ["hybrid_lm", "hybrid_lm_lr", "hybrid_lm_lr_edge"])
 def test_hybrid_lm_sweeps_the_hybrids_at_both_lengths_at_matched_parameters(tmp_path,
                                                                            experiment):
     from zoo.ess import settings
@@ -203,18 +203,21 @@ def test_hybrid_lm_sweeps_the_hybrids_at_both_lengths_at_matched_parameters(tmp_
         for n, ref in zip(counts, params["attention x4 ch=mlp"]):
             assert abs(n / ref - 1) < 0.03, (lab, n, ref)
     n_jobs = len(sweep_jobs(experiment))
-    assert n_jobs == len(runs) * 3  # three seeds, or three rates at seed 0
+    # three seeds, or three rates at seed 0, or the two rates beyond them
+    assert n_jobs == len(runs) * (2 if experiment.endswith("_edge") else 3)
 
 
-@pytest.mark.parametrize("experiment", ["hybrid_recall", "hybrid_recall_lr"])
-def test_hybrid_recall_takes_the_frontiers_setting(tmp_path, experiment):
+@pytest.mark.parametrize("experiment,stage", [("hybrid_recall", "final"), ("hybrid_recall_lr", "lr"),
+                                              ("hybrid_recall_lr_edge", "lr_edge"),
+                                              ("hybrid_recall_long", "long")])
+def test_hybrid_recall_takes_the_frontiers_setting(tmp_path, experiment, stage):
     runs = _arch_runs(tmp_path, experiment)
     assert sorted(lab for lab, _ in runs) == sorted(RECALL)
-    stage = "final" if experiment == "hybrid_recall" else "lr"
     frontier = resolved(tmp_path, f"experiment=frontier/{stage}")
     for cfg in runs.values():
         check(cfg)
-        for group in ("task", "trainer", "early_stopping", "resume", "results_dir"):
+        for group in ("task", "trainer", "early_stopping", "resume", "results_dir", "lr_edge",
+                      "extend"):
             assert cfg[group] == frontier[group], group
         assert cfg.get("ess") is frontier.get("ess") is None  # the frontier's ESS: all of it
         assert cfg["model"]["d_model"] == 64 and cfg["model"]["channel"] == "none"
@@ -226,12 +229,24 @@ def test_the_stages_of_a_hybrid_sweep_meet(tmp_path):
     from zoo.selection import selection_stages
     from zoo.two_stage import stage_key
 
-    for final, first in (("hybrid_lm", "hybrid_lm_lr"), ("hybrid_recall", "hybrid_recall_lr")):
-        two, one = _arch_runs(tmp_path, final), _arch_runs(tmp_path, first)
-        assert {k: stage_key(c) for k, c in two.items()} == \
-            {k: stage_key(c) for k, c in one.items()}
+    for final, firsts, ladder in (("hybrid_lm", ("hybrid_lm_lr", "hybrid_lm_lr_edge"), None),
+                                  ("hybrid_recall", ("hybrid_recall_lr", "hybrid_recall_lr_edge"),
+                                   "hybrid_recall_long")):
+        two = _arch_runs(tmp_path, final)
+        one, edge = (_arch_runs(tmp_path, first) for first in firsts)
+        for stage in (one, edge):
+            assert {k: stage_key(c) for k, c in two.items()} == \
+                {k: stage_key(c) for k, c in stage.items()}
         suite = next(iter(one.values()))["suite"]
         assert {c["lr_from"] for c in two.values()} == {suite} and suite in selection_stages()
+        # the widened grid trains in stage 1's suite, so stage 2 selects over all its rates
+        assert {(c["suite"], c["lr_edge"]) for c in edge.values()} == {(suite, True)}
+        assert not any(c["lr_edge"] for c in one.values())
+        if ladder:  # the budget ladder extends stage 2's runs in stage 2's suite
+            longer = _arch_runs(tmp_path, ladder)
+            assert {k: (stage_key(c), c["suite"], c["lr_from"]) for k, c in longer.items()} == \
+                {k: (stage_key(c), c["suite"], c["lr_from"]) for k, c in two.items()}
+            assert all(c["extend"] and c["trainer"]["max_steps"] == 20000 for c in longer.values())
 
 
 def test_the_cost_script_times_a_step_and_costs_a_job(tmp_path):
@@ -279,5 +294,6 @@ def test_the_readmes_hybrid_commands_compose_and_validate_every_job(tmp_path):
                 settings(cfg.get("ess"))
                 assert (cfg["resume"], cfg["results_dir"], cfg["threads"]) == (True, "results", 1)
             seen[stage] = (len(jobs), len(sweep_jobs(stage, *extra)))
-    assert seen == {"hybrid_lm_lr": (12, 36), "hybrid_lm": (12, 36),
-                    "hybrid_recall_lr": (13, 52), "hybrid_recall": (13, 39)}
+    assert seen == {"hybrid_lm_lr": (12, 36), "hybrid_lm_lr_edge": (12, 24), "hybrid_lm": (12, 36),
+                    "hybrid_recall_lr": (13, 52), "hybrid_recall_lr_edge": (13, 26),
+                    "hybrid_recall": (13, 39), "hybrid_recall_long": (13, 39)}
