@@ -3,8 +3,9 @@
     h_t = exp(delta_t A) * h_{t-1} + delta_t B_t u_t,    y_t = C_t . h_t + D u_t
 
 per channel, a loop over time with a hand-written backward that keeps only the states at
-chunk boundaries (``selective_scan``, ``_SelectiveScan``). It computes in fp32 with autocast
-disabled. Its reference is ``_recurrence.naive_recurrence`` with one head per channel.
+chunk boundaries (``selective_scan``, ``_SelectiveScan``); ``selective_scan(compiled=True)``
+runs the same scan compiled from C on CPU tensors (``_cscan``). It computes in fp32 with
+autocast disabled. Its reference is ``_recurrence.naive_recurrence`` with one head per channel.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from . import _cscan
 from ._dispatch import fp32
 
 # selective_scan: each op works on about SCAN_BUFFER floats of state (a step's [B, N, Di], or
@@ -134,7 +136,7 @@ def _steps(x: torch.Tensor, L: int) -> tuple[torch.Tensor, ...]:
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor, *, chunk_size: int | None = None,
-                   time_major: bool = False) -> torch.Tensor:
+                   time_major: bool = False, compiled: bool = False) -> torch.Tensor:
     """Mamba's S6 scan: per channel d, ``h_t = exp(delta_t A_d) * h_{t-1} + delta_t B_t u_t``
     (h in R^N), ``y_t = C_t . h_t + D_d u_t``.
 
@@ -145,6 +147,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     ``O(B T Di + (T / chunk_size) B Di N)``, never ``O(B T Di N)``. Results do not depend on
     ``chunk_size``, the steps between the states the backward restarts from; by default
     ``MIN_SCAN_CHUNK``, or more where a step's state is smaller than ``SCAN_BUFFER`` floats.
+    ``compiled``: on CPU tensors, the same scan compiled from C (``_cscan``, built at the first
+    call; it sizes its own segments) where it builds, else this one.
     """
     Bsz, Di, N = (u.shape[1] if time_major else u.shape[0]), *A.shape
     if chunk_size is None:
@@ -153,5 +157,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         # time-major [T, B, .]: each step's state slice is contiguous
         layout = (lambda t: t) if time_major else (lambda t: t.transpose(0, 1))
         u, delta, B, C = (layout(t.float()).contiguous() for t in (u, delta, B, C))
-        y = _SelectiveScan.apply(u, delta, A.float().t().contiguous(), B, C, D.float(), chunk_size)
-        return layout(y)
+        A_t, D = A.float().t().contiguous(), D.float()
+        if compiled and _cscan.usable(u, delta, A_t, B, C, D):
+            return layout(_cscan._CompiledScan.apply(u, delta, A_t, B, C, D))
+        return layout(_SelectiveScan.apply(u, delta, A_t, B, C, D, chunk_size))

@@ -18,7 +18,9 @@ channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
 entering every few steps and recomputes the rest in its hand-written backward (never all T
 states of ``D_in * d_state``), everything time-major ``[T, B, .]`` (the scan's layout; the
 convolution as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan;
-on CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the
+on the CPU (``use_kernels``) the same scan compiled from C (``_cscan``: built with the
+system's C compiler at first use and cached, the pure-torch scan where it cannot build); on
+CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the
 operator's chunk (the scan sizes its own). Speed: the scan's cost is a few elementwise ops per step
 over the whole ``[B, d_state, D_in]`` state (its decay differs per state channel and
 channel, so no chunk of it is a matrix product, unlike Mamba-2's scalar decay); see
@@ -61,7 +63,8 @@ class Mamba(SequenceMixer):
         dt_init_floor: lower bound of the initial ``Delta``.
         conv_bias: a bias on the convolution.
         chunk_size: chunk of ``operator``'s chunked form (the scan sizes its own).
-        use_kernels: use mamba-ssm's kernel on CUDA when it is installed.
+        use_kernels: use mamba-ssm's kernel on CUDA when it is installed, and on the CPU the
+            scan compiled from C (``_cscan``) when it builds; False: the pure-torch scan.
     """
 
     def __init__(self, d_model: int, *, d_state: int = 16,
@@ -148,7 +151,8 @@ class Mamba(SequenceMixer):
         if ops is not None:
             return self._mamba_ssm(ops, *self._streams(x))
         u, z, dt, Bm, Cm = self._streams(x, time_major=True)
-        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D, time_major=True)
+        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D, time_major=True,
+                           compiled=self.use_kernels)
         return self._out(y, None, z).transpose(0, 1)  # the skip is inside the scan; [B, T, D]
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,151 @@
+"""Mamba's S6 scan compiled from C for the CPU (``csrc/selective_scan.c``): the computation of
+``_selective_scan._SelectiveScan`` (same layout, fp32), forward and backward, a loop per batch
+row over the ``[d_state, D_in]`` state, vectorised over the channels, threads splitting the
+batch rows (results bit-identical for any number of threads).
+
+Built lazily, at the first call that can use it: ``$ZOO_CC`` (default ``cc``) compiles the
+source into ``$ZOO_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/zoo/kernels``, or
+``~/.cache/zoo/kernels``) under a name hashing the source, the compiler and its flags (about a
+second; written to a temporary name and renamed, so jobs that build at once do not collide),
+then loads it with ctypes: no torch headers, no build step at install. ``library()`` is None
+where that fails (no compiler, ``ZOO_CC=none``, a failed build or load), with one warning
+naming why; ``selective_scan`` then runs the pure-torch scan.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
+# No -ffast-math: under gcc 12 it links crtfastmath.o even into a shared object, which sets
+# flush-to-zero for the whole process at load. -fno-trapping-math is what lets the exp's
+# clamps vectorise; the ISA flags are added only where the build machine has them (and hashed).
+FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared",
+         "-pthread"]
+# The steps between the states the forward keeps for the backward: a segment's states and
+# decays, 2 * SEGMENT_FLOATS floats, stay in a core's L2 cache.
+SEGMENT_FLOATS = 2 ** 14
+
+
+def _isa_flags() -> list[str]:
+    """The vector extensions of the build machine's CPU (x86 Linux) gcc may use: AVX-512
+    (512-bit vectors), else AVX2 and FMA, else none (SSE2)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    if {"avx512f", "avx512dq", "avx512vl", "avx2", "fma"} <= flags:
+        return ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl",
+                "-mprefer-vector-width=512"]
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("ZOO_KERNEL_CACHE"):
+        return Path(os.environ["ZOO_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "zoo" / "kernels"
+
+
+def _build() -> Path:
+    """The shared object, compiled now unless the cache has it; raises with the reason."""
+    cc = os.environ.get("ZOO_CC", "cc")
+    if cc.strip().lower() in ("", "none", "0", "off"):
+        raise RuntimeError(f"ZOO_CC={cc!r} turns the compiled scan off")
+    flags = FLAGS + _isa_flags()
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode()]))
+    target = _cache_dir() / f"selective_scan-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler {cc!r} on PATH (set ZOO_CC to one)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cc} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL | None:
+    """The compiled scan, built and loaded at the first call; None (warning once, with the
+    reason) where it cannot be."""
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except Exception as e:  # noqa: BLE001  (any failure means the pure-torch scan)
+        warnings.warn(f"mamba: the compiled CPU scan is unavailable, using the pure-torch scan "
+                      f"({e})", RuntimeWarning, stacklevel=2)
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_longlong
+    lib.s6_forward.argtypes = [p] * 8 + [i64] * 5 + [ctypes.c_int]
+    lib.s6_backward.argtypes = [p] * 16 + [i64] * 5 + [ctypes.c_int]
+    lib.s6_forward.restype = lib.s6_backward.restype = ctypes.c_int
+    return lib
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled scan can run on these tensors: all on the CPU and it builds."""
+    return all(t.device.type == "cpu" for t in tensors) and library() is not None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _CompiledScan(torch.autograd.Function):
+    """``_SelectiveScan``'s signature and results (u, delta ``[T, B, Di]``, A_t ``[N, Di]``,
+    B, C ``[T, B, N]``, D ``[Di]`` -> y ``[T, B, Di]``, fp32 CPU tensors), computed by the C
+    scan; autograd keeps the inputs and the state entering every ``K``-th step."""
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor,
+                Bm: torch.Tensor, Cm: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+        u, delta, A_t, Bm, Cm, D = (t.float().contiguous() for t in (u, delta, A_t, Bm, Cm, D))
+        (T, B, Di), N = u.shape, A_t.shape[0]
+        K = max(1, min(T, SEGMENT_FLOATS // (N * Di)))
+        y = torch.empty_like(u)
+        starts = u.new_empty(-(-T // K), B, N, Di) if any(ctx.needs_input_grad) else None
+        if T * B:
+            _check(library().s6_forward(*map(_ptr, (u, delta, A_t, Bm, Cm, D, y, starts)),
+                                        T, B, Di, N, K, torch.get_num_threads()))
+        ctx.K = K
+        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, starts)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        u, delta, A_t, Bm, Cm, D, starts = ctx.saved_tensors
+        (T, B, Di), N = u.shape, A_t.shape[0]
+        gy = gy.float().contiguous()
+        gu, gdelta, gB, gC = (torch.empty_like(t) for t in (u, delta, Bm, Cm))
+        gA, gD = torch.zeros_like(A_t), torch.zeros_like(D)
+        if T * B:
+            gA_b, gD_b = u.new_empty(B, N, Di), u.new_empty(B, Di)  # per-row sums, then over b
+            _check(library().s6_backward(
+                *map(_ptr, (u, delta, A_t, Bm, Cm, D, starts, gy, gu, gdelta, gA, gB, gC, gD,
+                            gA_b, gD_b)), T, B, Di, N, ctx.K, torch.get_num_threads()))
+        return gu, gdelta, gA, gB, gC, gD
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("mamba: the compiled CPU scan could not allocate its buffers")

@@ -1,0 +1,189 @@
+"""Mamba's S6 scan compiled from C (layers/_cscan.py, layers/csrc/selective_scan.c) against the
+pure-torch scan and the loop reference, on the output and every gradient (odd lengths, strong
+decay, channel counts that leave vector tails), bit-identical for 1 and 2 threads, through the
+Mamba layer, and the fallback to the pure-torch scan when no compiler is available."""
+
+import warnings
+
+import pytest
+import torch
+
+import layers
+from layers import _cscan
+from layers._recurrence import naive_recurrence
+from layers._selective_scan import selective_scan
+from layers.testing import assert_matches_reference, assert_rel_close, rel_rms_error
+
+needs_build = pytest.mark.skipif(_cscan.library() is None, reason="the C scan does not build here")
+NAMES = ["u", "delta", "A", "B", "C", "D"]
+
+
+def s6_inputs(B: int, T: int, Di: int, N: int, delta_max: float = 2.0,
+              seed: int = 0) -> list[torch.Tensor]:
+    """u, delta ``[B, T, Di]``, A ``[Di, N]``, B, C ``[B, T, N]``, D ``[Di]``; per-step log
+    decays delta A down to ``-4 delta_max``."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, T, Di, generator=g)
+    delta = delta_max * torch.rand(B, T, Di, generator=g)
+    A = -4 * torch.rand(Di, N, generator=g)
+    Bm, Cm = (torch.randn(B, T, N, generator=g) for _ in range(2))
+    D = torch.randn(Di, generator=g)
+    return [t.requires_grad_() for t in (u, delta, A, Bm, Cm, D)]
+
+
+def s6_loop(u, delta, A, Bm, Cm, D):
+    """The scan through ``naive_recurrence``, as Mamba's reference calls it, in float64."""
+    u, delta, A, Bm, Cm, D = (t.double() for t in (u, delta, A, Bm, Cm, D))
+    Di = A.shape[0]
+    d = delta.transpose(1, 2)[..., None]  # [B, Di, T, 1]
+    q = Cm[:, None].expand(-1, Di, -1, -1)  # [B, Di, T, N]
+    o, _ = naive_recurrence(q, d * Bm[:, None], u.transpose(1, 2)[..., None], d * A[:, None])
+    return o[..., 0].transpose(1, 2) + D * u  # [B, T, Di]
+
+
+def output_and_grads(fn, args, seed=1):
+    y = fn(*args)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.dtype)
+    return [y, *torch.autograd.grad(y, args, gy)]
+
+
+def compiled(*args):
+    return selective_scan(*args, compiled=True)
+
+
+def torch_scan(*args):
+    return selective_scan(*args, compiled=False)
+
+
+@needs_build
+@pytest.mark.parametrize("delta_max", [2.0, 25.0], ids=["decay", "strong-decay"])
+@pytest.mark.parametrize("T,B,Di,N", [(63, 3, 8, 5), (100, 2, 20, 16), (1000, 2, 8, 4)])
+def test_compiled_matches_torch_scan_and_loop(T, B, Di, N, delta_max):
+    """Output and the six input gradients against the pure-torch scan (fp32) and the loop
+    (float64); Di = 8 and 20 leave partial vectors; strong decay: per-step log decays down to
+    -100 (exp(delta A) = 0 in fp32)."""
+    args = s6_inputs(B, T, Di, N, delta_max)
+    assert compiled(*args).grad_fn.next_functions[0][0].name() == "_CompiledScanBackward"
+    fast = output_and_grads(compiled, args)
+    for ref, tol in ((torch_scan, 2e-6), (s6_loop, 2e-6)):
+        for name, a, b in zip(["output", *NAMES], fast, output_and_grads(ref, args)):
+            assert_rel_close(a, b, tol, what=f"{name} vs {ref.__name__}")
+
+
+@needs_build
+def test_compiled_max_errors_are_small():
+    """Every element, not only the RMS: max |fast - loop| / max |loop| per tensor."""
+    args = s6_inputs(2, 100, 20, 16)
+    for name, a, b in zip(["output", *NAMES], output_and_grads(compiled, args),
+                          output_and_grads(s6_loop, args)):
+        a, b = a.detach().double(), b.detach()
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-5, name
+
+
+@needs_build
+@pytest.mark.parametrize("T", [1, 63])
+def test_compiled_bit_identical_across_threads(T):
+    """Threads split the batch rows; A's and D's gradients are summed over rows in a fixed
+    order, so 1 and 2 threads agree bit for bit (5 rows: an uneven split)."""
+    args = s6_inputs(5, T, 24, 16)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(output_and_grads(compiled, args))
+    finally:
+        torch.set_num_threads(before)
+    for name, a, b in zip(["output", *NAMES], *runs):
+        assert torch.equal(a, b), name
+
+
+@needs_build
+def test_compiled_under_bf16_autocast_computes_in_fp32():
+    args = [t.detach() for t in s6_inputs(2, 40, 8, 4)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = compiled(*(t.bfloat16() for t in args))
+    assert y.dtype == torch.float32
+    assert rel_rms_error(y, s6_loop(*(t.bfloat16() for t in args))) < 1e-5
+
+
+@needs_build
+@pytest.mark.parametrize("T", [63, 100, 1000])
+def test_mamba_compiled_path_matches_reference(T):
+    """The layer's forward (compiled scan) against its loop reference: output, the input's and
+    every parameter's gradient; and against its pure-torch path (use_kernels=False)."""
+    torch.manual_seed(0)
+    m = layers.build("mamba", 32).eval()
+    x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(1))
+    assert "_CompiledScan" in repr(_grad_fns(m(x)))
+    assert_matches_reference(m, x, tol=1e-5)
+    slow = layers.build("mamba", 32, use_kernels=False).eval()
+    slow.load_state_dict(m.state_dict())
+    params = [x.requires_grad_(), *m.parameters()]
+    fast_grads = output_and_grads(lambda x: m(x), [x])
+    slow_grads = output_and_grads(lambda x: slow(x), [x])
+    for a, b in zip(fast_grads, slow_grads):
+        assert_rel_close(a, b, 1e-5, what="compiled vs pure-torch mamba")
+    assert params
+
+
+def _grad_fns(y: torch.Tensor) -> list[str]:
+    """The names of every autograd node behind ``y``."""
+    seen, todo, names = set(), [y.grad_fn], []
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.append(f.name())
+        todo.extend(g for g, _ in f.next_functions)
+    return names
+
+
+@pytest.fixture
+def no_library(monkeypatch, tmp_path):
+    """No cached build and a compiler that does not exist: ``library()`` rebuilt from scratch."""
+    monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("ZOO_CC", str(tmp_path / "no-such-cc"))
+    _cscan.library.cache_clear()
+    yield
+    _cscan.library.cache_clear()
+
+
+def test_fallback_without_compiler_warns_once_and_matches(no_library):
+    args = s6_inputs(2, 63, 8, 5)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        fast = output_and_grads(compiled, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the second call is silent
+        again = output_and_grads(compiled, args)
+    for name, a, b, c in zip(["output", *NAMES], fast, again, output_and_grads(torch_scan, args)):
+        assert torch.equal(a, c) and torch.equal(b, c), name
+    torch.manual_seed(0)
+    m = layers.build("mamba", 32).eval()
+    x = torch.randn(2, 63, 32, generator=torch.Generator().manual_seed(1))
+    assert "_CompiledScan" not in repr(_grad_fns(m(x)))
+    assert_matches_reference(m, x, tol=1e-5)
+
+
+@pytest.mark.parametrize("cc,reason", [("false", "false failed"), ("none", "turns the compiled")])
+def test_fallback_when_the_build_fails_or_is_off(no_library, monkeypatch, cc, reason):
+    monkeypatch.setenv("ZOO_CC", cc)
+    with pytest.warns(RuntimeWarning, match=reason):
+        assert _cscan.library() is None
+    assert not _cscan.usable(torch.zeros(1))
+
+
+@needs_build
+def test_build_is_cached_under_a_hash(monkeypatch, tmp_path):
+    """A fresh cache builds one shared object (no temporary left), named by the hash of the
+    source, compiler and flags; a second process would find it there."""
+    monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path))
+    _cscan.library.cache_clear()
+    try:
+        assert _cscan.library() is not None
+        built = sorted(p.name for p in tmp_path.iterdir())
+        assert len(built) == 1 and built[0].startswith("selective_scan-") and built[0].endswith(".so")
+        assert _cscan._build().name == built[0]  # found, not rebuilt
+    finally:
+        _cscan.library.cache_clear()
