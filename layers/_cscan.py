@@ -29,10 +29,13 @@ import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
 # No -ffast-math: under gcc 12 it links crtfastmath.o even into a shared object, which sets
-# flush-to-zero for the whole process at load. -fno-trapping-math is what lets the exp's
-# clamps vectorise; the ISA flags are added only where the build machine has them (and hashed).
-FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared",
-         "-pthread"]
+# flush-to-zero for the whole process at load. Of its parts: -fno-trapping-math lets the exp's
+# clamps vectorise, -ffinite-math-only -fno-signed-zeros make them min/max instructions (with
+# them a NaN in the inputs no longer has a defined result); no reassociation, so the sums are
+# in the order the source gives. The ISA flags are added only where the build machine has them
+# (and hashed).
+FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-ffinite-math-only",
+         "-fno-signed-zeros", "-fPIC", "-shared", "-pthread"]
 # The steps between the states the forward keeps for the backward: a segment's states and
 # decays, 2 * SEGMENT_FLOATS floats, stay in a core's L2 cache.
 SEGMENT_FLOATS = 2 ** 14

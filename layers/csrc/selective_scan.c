@@ -6,9 +6,10 @@
  *
  * Layout (all contiguous, time-major): u, delta, y [T, B, Di]; A_t [N, Di] (A transposed);
  * Bm, Cm [T, B, N]; D [Di]. Per batch row b the state h is [N, Di], so every inner loop runs
- * over the Di channels, the contiguous axis of u, delta, A_t and h: gcc vectorises it
- * (`#pragma omp simd` under -fopenmp-simd), exp included (exp2_ps below, a polynomial that
- * vectorises without -ffast-math and libmvec).
+ * over the Di channels, the contiguous axis of u, delta, A_t and h, in blocks of W = 16 (the
+ * *_block functions: a constant trip count, and the sums over n in registers): gcc vectorises
+ * them (`#pragma omp simd` under -fopenmp-simd), exp included (exp2_ps below, a polynomial
+ * that vectorises without -ffast-math and libmvec).
  *
  * Forward: the loop over t, keeping the state entering every K-th step in `starts`
  * [ceil(T / K), B, N, Di] when the backward will need it (NULL otherwise).
@@ -30,25 +31,29 @@
 typedef long long i64;
 
 /* 2^v in fp32 to about 2 ulp: v = n + r, |r| <= 1/2, 2^r by a degree-5 polynomial (fitted to
- * relative error 1.9e-7 on [-1/2, 1/2]), 2^n by the exponent bits; 0 below -126 (where 2^n leaves
- * the normal range). n is rounded by adding and subtracting 1.5 * 2^23 (exact without
- * -ffast-math), so the loop vectorises with SSE2 alone; -fno-trapping-math lets gcc turn the
- * clamps into selects. The callers fold log2(e) into delta: exp(delta A) = 2^(delta log2(e) A). */
+ * relative error 1.9e-7 on [-1/2, 1/2]), 2^n by the exponent bits. v is clamped to
+ * [-127, 127]: at n = -127 the exponent bits are 0, so the result is exactly 0 (from v < -126.5,
+ * where 2^v leaves fp32's normal range). Adding 1.5 * 2^23 rounds v to the integer n, which then
+ * sits in the low bits of t: shifted by 23 they are n's exponent bits. All of it vectorises with
+ * SSE2 alone and without -ffast-math; -fno-trapping-math lets gcc turn the clamps into min/max.
+ * The callers fold log2(e) into delta: exp(delta A) = 2^(delta log2(e) A). */
 #define LOG2E 1.44269504088896341f
 static inline float exp2_ps(float v) {
-    float vc = v < -126.0f ? -126.0f : (v > 127.0f ? 127.0f : v);
-    float n = (vc + 12582912.0f) - 12582912.0f;
-    float r = vc - n;
+    float vc = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
+    float t = vc + 12582912.0f;
+    float r = vc - (t - 12582912.0f);
     float p = 1.326472731307149e-3f;
     p = p * r + 9.671512991189957e-3f;
     p = p * r + 5.550733581185341e-2f;
     p = p * r + 2.4022242426872253e-1f;
     p = p * r + 6.931470036506653e-1f;
     p = p * r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
+    uint32_t e;
+    memcpy(&e, &t, sizeof e);
+    e = (e << 23) + (127u << 23);
     float s;
     memcpy(&s, &e, sizeof s);
-    return v < -126.0f ? 0.0f : p * s;
+    return p * s;
 }
 
 /* n floats, 64-byte aligned (aligned_alloc wants a multiple of the alignment). */
@@ -64,6 +69,100 @@ typedef struct {
     i64 b0, b1; /* this worker's batch rows */
     int failed;
 } Job;
+
+
+#define W 16 /* channels per block: the blocks' loops have this constant length */
+
+/* One step for w <= W channels: h[n] = 2^(dl2 A[n]) h[n] + B[n] du, y += C[n] h[n], the
+ * channels' y kept in registers over n. */
+static inline void forward_block(const float *restrict dl2, const float *restrict du,
+                                 const float *restrict A, float *restrict h, float *restrict y,
+                                 const float *restrict Bt, const float *restrict Ct,
+                                 i64 N, i64 Di, i64 w) {
+    float acc[W];
+#pragma omp simd
+    for (i64 k = 0; k < w; k++) acc[k] = y[k];
+    for (i64 n = 0; n < N; n++) {
+        const float bn = Bt[n], cn = Ct[n];
+        const float *restrict An = A + n * Di;
+        float *restrict hn = h + n * Di;
+#pragma omp simd
+        for (i64 k = 0; k < w; k++) {
+            float v = exp2_ps(dl2[k] * An[k]) * hn[k] + bn * du[k];
+            hn[k] = v;
+            acc[k] += cn * v;
+        }
+    }
+#pragma omp simd
+    for (i64 k = 0; k < w; k++) y[k] = acc[k];
+}
+
+/* The segment's states again for one step, w <= W channels: E[n] = 2^(delta log2(e) A[n]),
+ * Hn[n] = E[n] Hp[n] + B[n] delta u. */
+static inline void recompute_block(const float *restrict dl, const float *restrict uu,
+                                   const float *restrict A, const float *restrict Bt,
+                                   const float *restrict Hp, float *restrict Hn,
+                                   float *restrict E, i64 N, i64 Di, i64 w) {
+    float du[W], dl2[W];
+#pragma omp simd
+    for (i64 k = 0; k < w; k++) {
+        du[k] = dl[k] * uu[k];
+        dl2[k] = dl[k] * LOG2E;
+    }
+    for (i64 n = 0; n < N; n++) {
+        const i64 o = n * Di;
+        const float bn = Bt[n];
+#pragma omp simd
+        for (i64 k = 0; k < w; k++) {
+            float a = exp2_ps(dl2[k] * A[o + k]);
+            E[o + k] = a;
+            Hn[o + k] = a * Hp[o + k] + bn * du[k];
+        }
+    }
+}
+
+/* The adjoint for one step, w <= W channels: p (p_{t+1} in, p_t out), the sums over n
+ * (dL/d(delta u), sum_n A R) in registers, gA += delta R; the sums over d for dL/dB and dL/dC
+ * go per lane into pb, pc [N, W]; writes dL/ddelta, dL/du and adds gy u to gD. */
+static inline void adjoint_block(const float *restrict gy, const float *restrict dl,
+                                 const float *restrict uu, const float *restrict D,
+                                 const float *restrict Bt, const float *restrict Ct,
+                                 const float *restrict A, const float *restrict E,
+                                 const float *restrict Hp, const float *restrict Hn,
+                                 float *restrict p, float *restrict gA, float *restrict pb,
+                                 float *restrict pc, float *restrict gdelta, float *restrict gu,
+                                 float *restrict gD, i64 N, i64 Di, i64 w) {
+    float du[W], gdu[W], gdl[W];
+#pragma omp simd
+    for (i64 k = 0; k < w; k++) {
+        du[k] = dl[k] * uu[k];
+        gdu[k] = 0.0f;
+        gdl[k] = 0.0f;
+    }
+    for (i64 n = 0; n < N; n++) {
+        const i64 o = n * Di;
+        const float bn = Bt[n], cn = Ct[n];
+        float *restrict pbn = pb + n * W, *restrict pcn = pc + n * W;
+#pragma omp simd
+        for (i64 k = 0; k < w; k++) {
+            float g = cn * gy[k] + p[o + k];
+            float pv = g * E[o + k];
+            float R = pv * Hp[o + k];
+            pcn[k] += gy[k] * Hn[o + k];
+            pbn[k] += du[k] * g;
+            gdu[k] += bn * g;
+            gdl[k] += A[o + k] * R;
+            gA[o + k] += dl[k] * R;
+            p[o + k] = pv;
+        }
+    }
+#pragma omp simd
+    for (i64 k = 0; k < w; k++) {
+        gdelta[k] = gdl[k] + gdu[k] * uu[k];
+        gu[k] = gdu[k] * dl[k] + gy[k] * D[k];
+        gD[k] += gy[k] * uu[k];
+    }
+}
 
 static void forward_rows(Job *j) {
     const i64 T = j->T, B = j->B, Di = j->Di, N = j->N, K = j->K;
@@ -86,16 +185,9 @@ static void forward_rows(Job *j) {
                 dl2[d] = dl[d] * LOG2E;
                 yy[d] = D[d] * uu[d];
             }
-            for (i64 n = 0; n < N; n++) {
-                const float bn = Bt[n], cn = Ct[n];
-                float *restrict hn = h + n * Di;
-                const float *restrict An = A + n * Di;
-#pragma omp simd
-                for (i64 d = 0; d < Di; d++) {
-                    float v = exp2_ps(dl2[d] * An[d]) * hn[d] + bn * du[d];
-                    hn[d] = v;
-                    yy[d] += cn * v;
-                }
+            for (i64 d = 0; d < Di; d += W) {
+                if (Di - d >= W) forward_block(dl2 + d, du + d, A + d, h + d, yy + d, Bt, Ct, N, Di, W);
+                else forward_block(dl2 + d, du + d, A + d, h + d, yy + d, Bt, Ct, N, Di, Di - d);
             }
         }
     }
@@ -106,13 +198,12 @@ static void backward_rows(Job *j) {
     const i64 T = j->T, B = j->B, Di = j->Di, N = j->N, K = j->K, S = N * Di;
     const float *restrict A = j->A, *restrict D = j->D;
     /* H: the segment's states, entering each step and after the last ((K + 1) S); E: its decays
-     * (K S); p: the adjoint carried to the step before (S); du, dl2 (delta log2(e)), gdu, gdl:
-     * a step's rows (Di each). */
-    float *buf = alloc_floats((2 * K + 2) * S + 4 * (Di + 16));
+     * (K S); p: the adjoint carried to the step before (S); pb, pc: a step's per-lane sums over
+     * d for dL/dB and dL/dC ([N, W] each). */
+    float *buf = alloc_floats((2 * K + 2) * S + 2 * N * W);
     if (!buf) { j->failed = 1; return; }
     float *restrict H = buf, *restrict E = H + (K + 1) * S, *restrict p = E + K * S;
-    float *restrict du = p + S, *restrict dl2 = du + Di + 16;
-    float *restrict gdu = dl2 + Di + 16, *restrict gdl = gdu + Di + 16;
+    float *restrict pb = p + S, *restrict pc = pb + N * W;
     for (i64 b = j->b0; b < j->b1; b++) {
         float *restrict gA = j->gA_b + b * S, *restrict gD = j->gD_b + b * Di;
         memset(gA, 0, sizeof(float) * S);
@@ -125,21 +216,11 @@ static void backward_rows(Job *j) {
                 const i64 row = t * B + b, s = t - t0;
                 const float *restrict dl = j->delta + row * Di, *restrict uu = j->u + row * Di;
                 const float *restrict Bt = j->Bm + row * N;
-#pragma omp simd
-                for (i64 d = 0; d < Di; d++) {
-                    du[d] = dl[d] * uu[d];
-                    dl2[d] = dl[d] * LOG2E;
-                }
-                for (i64 n = 0; n < N; n++) {
-                    const float bn = Bt[n];
-                    const float *restrict An = A + n * Di, *restrict hp = H + s * S + n * Di;
-                    float *restrict hn = H + (s + 1) * S + n * Di, *restrict en = E + s * S + n * Di;
-#pragma omp simd
-                    for (i64 d = 0; d < Di; d++) {
-                        float a = exp2_ps(dl2[d] * An[d]);
-                        en[d] = a;
-                        hn[d] = a * hp[d] + bn * du[d];
-                    }
+                float *restrict Hp = H + s * S, *restrict Hn = Hp + S, *restrict Es = E + s * S;
+                for (i64 d = 0; d < Di; d += W) {
+                    const i64 w = Di - d < W ? Di - d : W;
+                    if (w == W) recompute_block(dl + d, uu + d, A + d, Bt, Hp + d, Hn + d, Es + d, N, Di, W);
+                    else recompute_block(dl + d, uu + d, A + d, Bt, Hp + d, Hn + d, Es + d, N, Di, w);
                 }
             }
             for (i64 t = t1 - 1; t >= t0; t--) { /* the adjoint */
@@ -147,40 +228,26 @@ static void backward_rows(Job *j) {
                 const float *restrict dl = j->delta + row * Di, *restrict uu = j->u + row * Di;
                 const float *restrict gyt = j->gy + row * Di;
                 const float *restrict Bt = j->Bm + row * N, *restrict Ct = j->Cm + row * N;
-                float *restrict gBt = j->gB + row * N, *restrict gCt = j->gC + row * N;
-#pragma omp simd
-                for (i64 d = 0; d < Di; d++) {
-                    du[d] = dl[d] * uu[d];
-                    gdu[d] = 0.0f;
-                    gdl[d] = 0.0f;
+                const float *restrict Hp = H + s * S, *restrict Hn = Hp + S, *restrict Es = E + s * S;
+                float *restrict gut = j->gu + row * Di, *restrict gdt = j->gdelta + row * Di;
+                memset(pb, 0, sizeof(float) * 2 * N * W);
+                for (i64 d = 0; d < Di; d += W) {
+#define ADJOINT(w) adjoint_block(gyt + d, dl + d, uu + d, D + d, Bt, Ct, A + d, Es + d, Hp + d, \
+                                 Hn + d, p + d, gA + d, pb, pc, gdt + d, gut + d, gD + d, N, Di, w)
+                    if (Di - d >= W) ADJOINT(W);
+                    else ADJOINT(Di - d);
+#undef ADJOINT
                 }
-                for (i64 n = 0; n < N; n++) {
-                    const float bn = Bt[n], cn = Ct[n];
-                    const float *restrict An = A + n * Di, *restrict en = E + s * S + n * Di;
-                    const float *restrict hp = H + s * S + n * Di, *restrict hn = H + (s + 1) * S + n * Di;
-                    float *restrict pn = p + n * Di, *restrict gAn = gA + n * Di;
+                float *restrict gBt = j->gB + row * N, *restrict gCt = j->gC + row * N;
+                for (i64 n = 0; n < N; n++) { /* the lanes' sums */
                     float gb = 0.0f, gc = 0.0f;
 #pragma omp simd reduction(+:gb, gc)
-                    for (i64 d = 0; d < Di; d++) {
-                        float g = cn * gyt[d] + pn[d];
-                        float pv = g * en[d];
-                        float R = pv * hp[d];
-                        gc += gyt[d] * hn[d];
-                        gb += du[d] * g;
-                        gdu[d] += bn * g;
-                        gdl[d] += An[d] * R;
-                        gAn[d] += dl[d] * R;
-                        pn[d] = pv;
+                    for (i64 k = 0; k < W; k++) {
+                        gb += pb[n * W + k];
+                        gc += pc[n * W + k];
                     }
                     gBt[n] = gb;
                     gCt[n] = gc;
-                }
-                float *restrict gut = j->gu + row * Di, *restrict gdt = j->gdelta + row * Di;
-#pragma omp simd
-                for (i64 d = 0; d < Di; d++) {
-                    gdt[d] = gdl[d] + gdu[d] * uu[d];
-                    gut[d] = gdu[d] * dl[d] + gyt[d] * D[d];
-                    gD[d] += gyt[d] * uu[d];
                 }
             }
         }
