@@ -99,8 +99,8 @@ def library() -> ctypes.CDLL | None:
                       f"({e})", RuntimeWarning, stacklevel=2)
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_longlong
-    lib.s6_forward.argtypes = [p] * 8 + [i64] * 5 + [ctypes.c_int]
-    lib.s6_backward.argtypes = [p] * 16 + [i64] * 5 + [ctypes.c_int]
+    lib.s6_forward.argtypes = [p] * 10 + [i64] * 5 + [ctypes.c_int]
+    lib.s6_backward.argtypes = [p] * 19 + [i64] * 5 + [ctypes.c_int]
     lib.s6_forward.restype = lib.s6_backward.restype = ctypes.c_int
     return lib
 
@@ -117,36 +117,43 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 class _CompiledScan(torch.autograd.Function):
     """``_SelectiveScan``'s signature and results (u, delta ``[T, B, Di]``, A_t ``[N, Di]``,
     B, C ``[T, B, N]``, D ``[Di]`` -> y ``[T, B, Di]``, fp32 CPU tensors), computed by the C
-    scan; autograd keeps the inputs and the state entering every ``K``-th step."""
+    scan, and ``z`` (``[T, B, Di]`` or None): the output gated, ``y * silu(z)``, as mamba-ssm's
+    ``selective_scan_fn`` does it. Autograd keeps the inputs, the state entering every ``K``-th
+    step and, with ``z``, the output before the gate."""
 
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor,
-                Bm: torch.Tensor, Cm: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+                Bm: torch.Tensor, Cm: torch.Tensor, D: torch.Tensor,
+                z: torch.Tensor | None = None) -> torch.Tensor:
         u, delta, A_t, Bm, Cm, D = (t.float().contiguous() for t in (u, delta, A_t, Bm, Cm, D))
+        z = None if z is None else z.float().contiguous()
         (T, B, Di), N = u.shape, A_t.shape[0]
         K = max(1, min(T, SEGMENT_FLOATS // (N * Di)))
         y = torch.empty_like(u)
-        starts = u.new_empty(-(-T // K), B, N, Di) if any(ctx.needs_input_grad) else None
+        keep = any(ctx.needs_input_grad)
+        starts = u.new_empty(-(-T // K), B, N, Di) if keep else None
+        ysave = torch.empty_like(u) if keep and z is not None else None
         if T * B:
-            _check(library().s6_forward(*map(_ptr, (u, delta, A_t, Bm, Cm, D, y, starts)),
+            _check(library().s6_forward(*map(_ptr, (u, delta, A_t, Bm, Cm, D, z, y, ysave, starts)),
                                         T, B, Di, N, K, torch.get_num_threads()))
         ctx.K = K
-        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, starts)
+        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, z, ysave, starts)
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        u, delta, A_t, Bm, Cm, D, starts = ctx.saved_tensors
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u, delta, A_t, Bm, Cm, D, z, ysave, starts = ctx.saved_tensors
         (T, B, Di), N = u.shape, A_t.shape[0]
         gy = gy.float().contiguous()
         gu, gdelta, gB, gC = (torch.empty_like(t) for t in (u, delta, Bm, Cm))
         gA, gD = torch.zeros_like(A_t), torch.zeros_like(D)
+        gz = None if z is None else torch.empty_like(z)
         if T * B:
             gA_b, gD_b = u.new_empty(B, N, Di), u.new_empty(B, Di)  # per-row sums, then over b
             _check(library().s6_backward(
-                *map(_ptr, (u, delta, A_t, Bm, Cm, D, starts, gy, gu, gdelta, gA, gB, gC, gD,
-                            gA_b, gD_b)), T, B, Di, N, ctx.K, torch.get_num_threads()))
-        return gu, gdelta, gA, gB, gC, gD
+                *map(_ptr, (u, delta, A_t, Bm, Cm, D, z, ysave, starts, gy, gu, gdelta, gA, gB,
+                            gC, gD, gz, gA_b, gD_b)), T, B, Di, N, ctx.K, torch.get_num_threads()))
+        return gu, gdelta, gA, gB, gC, gD, gz
 
 
 def _check(status: int) -> None:

@@ -16,7 +16,8 @@ Paths: ``reference`` is the loop over time (``_recurrence.naive_recurrence`` wit
 channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
 ``_selective_scan.selective_scan``, a custom autograd function that keeps only the state
 entering every few steps and recomputes the rest in its hand-written backward (never all T
-states of ``D_in * d_state``), everything time-major ``[T, B, .]`` (the scan's layout; the
+states of ``D_in * d_state``; the skip ``D u`` and the gate ``silu(z)`` inside it, as
+mamba-ssm's kernel has them), everything time-major ``[T, B, .]`` (the scan's layout; the
 convolution as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan;
 on the CPU (``use_kernels``) the same scan compiled from C (``_cscan``: built with the
 system's C compiler at first use and cached, the pure-torch scan where it cannot build); on
@@ -151,9 +152,9 @@ class Mamba(SequenceMixer):
         if ops is not None:
             return self._mamba_ssm(ops, *self._streams(x))
         u, z, dt, Bm, Cm = self._streams(x, time_major=True)
-        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D, time_major=True,
-                           compiled=self.use_kernels)
-        return self._out(y, None, z).transpose(0, 1)  # the skip is inside the scan; [B, T, D]
+        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D, z=z, time_major=True,
+                           compiled=self.use_kernels)  # the skip and the gate inside the scan
+        return self.out_proj(y.to(self.out_proj.weight.dtype)).transpose(0, 1)  # [B, T, D]
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         u, z, dt, Bm, Cm = self._streams(x)

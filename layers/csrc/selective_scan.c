@@ -4,7 +4,9 @@
  *
  *   h_t = exp(delta_t A) * h_{t-1} + B_t (delta_t u_t),   y_t = C_t . h_t + D u_t
  *
- * Layout (all contiguous, time-major): u, delta, y [T, B, Di]; A_t [N, Di] (A transposed);
+ * and optionally, as mamba-ssm's selective_scan_fn has it, the gate: out_t = y_t silu(z_t).
+ *
+ * Layout (all contiguous, time-major): u, delta, z, y [T, B, Di]; A_t [N, Di] (A transposed);
  * Bm, Cm [T, B, N]; D [Di]. Per batch row b the state h is [N, Di], so every inner loop runs
  * over the Di channels, the contiguous axis of u, delta, A_t and h, in blocks of W = 16 (the
  * *_block functions: a constant trip count, and the sums over n in registers): gcc vectorises
@@ -63,8 +65,8 @@ static float *alloc_floats(i64 n) {
 }
 
 typedef struct {
-    const float *u, *delta, *A, *Bm, *Cm, *D, *gy;
-    float *y, *starts, *gu, *gdelta, *gA_b, *gB, *gC, *gD_b;
+    const float *u, *delta, *A, *Bm, *Cm, *D, *z, *gy;
+    float *y, *ysave, *starts, *gu, *gdelta, *gA_b, *gB, *gC, *gD_b, *gz;
     i64 T, B, Di, N, K;
     i64 b0, b1; /* this worker's batch rows */
     int failed;
@@ -189,6 +191,13 @@ static void forward_rows(Job *j) {
                 if (Di - d >= W) forward_block(dl2 + d, du + d, A + d, h + d, yy + d, Bt, Ct, N, Di, W);
                 else forward_block(dl2 + d, du + d, A + d, h + d, yy + d, Bt, Ct, N, Di, Di - d);
             }
+            if (j->z) { /* the gate: y silu(z), y kept for the backward */
+                const float *restrict zz = j->z + row * Di;
+                if (j->ysave) memcpy(j->ysave + row * Di, yy, sizeof(float) * Di);
+#pragma omp simd
+                for (i64 d = 0; d < Di; d++)
+                    yy[d] *= zz[d] / (1.0f + exp2_ps(-zz[d] * LOG2E));
+            }
         }
     }
     free(h);
@@ -200,10 +209,10 @@ static void backward_rows(Job *j) {
     /* H: the segment's states, entering each step and after the last ((K + 1) S); E: its decays
      * (K S); p: the adjoint carried to the step before (S); pb, pc: a step's per-lane sums over
      * d for dL/dB and dL/dC ([N, W] each). */
-    float *buf = alloc_floats((2 * K + 2) * S + 2 * N * W);
+    float *buf = alloc_floats((2 * K + 2) * S + 2 * N * W + Di);
     if (!buf) { j->failed = 1; return; }
     float *restrict H = buf, *restrict E = H + (K + 1) * S, *restrict p = E + K * S;
-    float *restrict pb = p + S, *restrict pc = pb + N * W;
+    float *restrict pb = p + S, *restrict pc = pb + N * W, *restrict gyg = pc + N * W;
     for (i64 b = j->b0; b < j->b1; b++) {
         float *restrict gA = j->gA_b + b * S, *restrict gD = j->gD_b + b * Di;
         memset(gA, 0, sizeof(float) * S);
@@ -229,6 +238,17 @@ static void backward_rows(Job *j) {
                 const float *restrict gyt = j->gy + row * Di;
                 const float *restrict Bt = j->Bm + row * N, *restrict Ct = j->Cm + row * N;
                 const float *restrict Hp = H + s * S, *restrict Hn = Hp + S, *restrict Es = E + s * S;
+                if (j->z) { /* through the gate: dL/dy = gy silu(z), dL/dz = gy y silu'(z) */
+                    const float *restrict zz = j->z + row * Di, *restrict ys = j->ysave + row * Di;
+                    float *restrict gzt = j->gz + row * Di;
+#pragma omp simd
+                    for (i64 d = 0; d < Di; d++) {
+                        const float sg = 1.0f / (1.0f + exp2_ps(-zz[d] * LOG2E));
+                        gyg[d] = gyt[d] * (zz[d] * sg);
+                        gzt[d] = gyt[d] * ys[d] * (sg * (1.0f + zz[d] * (1.0f - sg)));
+                    }
+                    gyt = gyg;
+                }
                 float *restrict gut = j->gu + row * Di, *restrict gdt = j->gdelta + row * Di;
                 memset(pb, 0, sizeof(float) * 2 * N * W);
                 for (i64 d = 0; d < Di; d += W) {
@@ -286,24 +306,28 @@ static int run_split(const Job *proto, int threads, void (*work)(Job *), void *(
     return failed ? -1 : 0;
 }
 
+/* z (NULL: no gate) gates the output: y silu(z); ysave (NULL where the backward will not
+ * run) receives y before the gate. */
 int s6_forward(const float *u, const float *delta, const float *A_t, const float *Bm,
-               const float *Cm, const float *D, float *y, float *starts,
-               i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
+               const float *Cm, const float *D, const float *z, float *y, float *ysave,
+               float *starts, i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
     Job job = {0};
-    job.u = u; job.delta = delta; job.A = A_t; job.Bm = Bm; job.Cm = Cm; job.D = D;
-    job.y = y; job.starts = starts;
+    job.u = u; job.delta = delta; job.A = A_t; job.Bm = Bm; job.Cm = Cm; job.D = D; job.z = z;
+    job.y = y; job.ysave = ysave; job.starts = starts;
     job.T = T; job.B = B; job.Di = Di; job.N = N; job.K = K;
     return run_split(&job, threads, forward_rows, forward_worker);
 }
 
-/* gA_b [B, N, Di] and gD_b [B, Di]: scratch for the per-row sums, reduced into gA, gD. */
+/* z, ysave: the forward's (z NULL: no gate; else gz receives dL/dz); gA_b [B, N, Di] and
+ * gD_b [B, Di]: scratch for the per-row sums, reduced into gA, gD. */
 int s6_backward(const float *u, const float *delta, const float *A_t, const float *Bm,
-                const float *Cm, const float *D, const float *starts, const float *gy,
-                float *gu, float *gdelta, float *gA, float *gB, float *gC, float *gD,
-                float *gA_b, float *gD_b, i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
+                const float *Cm, const float *D, const float *z, const float *ysave,
+                const float *starts, const float *gy, float *gu, float *gdelta, float *gA,
+                float *gB, float *gC, float *gD, float *gz, float *gA_b, float *gD_b,
+                i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
     Job job = {0};
-    job.u = u; job.delta = delta; job.A = A_t; job.Bm = Bm; job.Cm = Cm; job.D = D;
-    job.starts = (float *)starts; job.gy = gy;
+    job.u = u; job.delta = delta; job.A = A_t; job.Bm = Bm; job.Cm = Cm; job.D = D; job.z = z;
+    job.ysave = (float *)ysave; job.starts = (float *)starts; job.gy = gy; job.gz = gz;
     job.gu = gu; job.gdelta = gdelta; job.gA_b = gA_b; job.gB = gB; job.gC = gC; job.gD_b = gD_b;
     job.T = T; job.B = B; job.Di = Di; job.N = N; job.K = K;
     if (run_split(&job, threads, backward_rows, backward_worker)) return -1;

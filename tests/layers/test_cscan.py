@@ -55,19 +55,36 @@ def torch_scan(*args):
     return selective_scan(*args, compiled=False)
 
 
+def gated(scan):
+    """``scan`` with the gate: its output times silu(z), z a seventh input like u."""
+    def run(u, delta, A, Bm, Cm, D, z):
+        if scan is s6_loop:
+            return scan(u, delta, A, Bm, Cm, D) * torch.nn.functional.silu(z.double())
+        return selective_scan(u, delta, A, Bm, Cm, D, z=z, compiled=scan is compiled)
+    run.__name__ = f"gated {scan.__name__}"
+    return run
+
+
 @needs_build
+@pytest.mark.parametrize("gate", [False, True], ids=["", "gate"])
 @pytest.mark.parametrize("delta_max", [2.0, 25.0], ids=["decay", "strong-decay"])
 @pytest.mark.parametrize("T,B,Di,N", [(63, 3, 8, 5), (100, 2, 20, 16), (1000, 2, 8, 4)])
-def test_compiled_matches_torch_scan_and_loop(T, B, Di, N, delta_max):
-    """Output and the six input gradients against the pure-torch scan (fp32) and the loop
-    (float64); Di = 8 and 20 leave partial vectors; strong decay: per-step log decays down to
-    -100 (exp(delta A) = 0 in fp32)."""
-    args = s6_inputs(B, T, Di, N, delta_max)
-    assert compiled(*args).grad_fn.next_functions[0][0].name() == "_CompiledScanBackward"
-    fast = output_and_grads(compiled, args)
-    for ref, tol in ((torch_scan, 2e-6), (s6_loop, 2e-6)):
-        for name, a, b in zip(["output", *NAMES], fast, output_and_grads(ref, args)):
-            assert_rel_close(a, b, tol, what=f"{name} vs {ref.__name__}")
+def test_compiled_matches_torch_scan_and_loop(T, B, Di, N, delta_max, gate):
+    """Output and the six input gradients (seven with the gate z) against the pure-torch scan
+    (fp32) and the loop (float64); Di = 8 and 20 leave partial vectors; strong decay: per-step
+    log decays down to -100 (exp(delta A) = 0 in fp32)."""
+    args, names = s6_inputs(B, T, Di, N, delta_max), list(NAMES)
+    fast, refs = compiled, (torch_scan, s6_loop)
+    if gate:
+        args.append((3 * torch.randn(B, T, Di, generator=torch.Generator().manual_seed(2)))
+                    .requires_grad_())
+        names.append("z")
+        fast, refs = gated(fast), [gated(r) for r in refs]
+    assert "_CompiledScanBackward" in _grad_fns(fast(*args))
+    fast = output_and_grads(fast, args)
+    for ref in refs:
+        for name, a, b in zip(["output", *names], fast, output_and_grads(ref, args)):
+            assert_rel_close(a, b, 2e-6, what=f"{name} vs {ref.__name__}")
 
 
 @needs_build
@@ -85,16 +102,16 @@ def test_compiled_max_errors_are_small():
 def test_compiled_bit_identical_across_threads(T):
     """Threads split the batch rows; A's and D's gradients are summed over rows in a fixed
     order, so 1 and 2 threads agree bit for bit (5 rows: an uneven split)."""
-    args = s6_inputs(5, T, 24, 16)
+    args = [*s6_inputs(5, T, 24, 16), torch.randn(5, T, 24).requires_grad_()]
     before = torch.get_num_threads()
     try:
         runs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            runs.append(output_and_grads(compiled, args))
+            runs.append(output_and_grads(gated(compiled), args))
     finally:
         torch.set_num_threads(before)
-    for name, a, b in zip(["output", *NAMES], *runs):
+    for name, a, b in zip(["output", *NAMES, "z"], *runs):
         assert torch.equal(a, b), name
 
 
@@ -110,21 +127,23 @@ def test_compiled_under_bf16_autocast_computes_in_fp32():
 @needs_build
 @pytest.mark.parametrize("T", [63, 100, 1000])
 def test_mamba_compiled_path_matches_reference(T):
-    """The layer's forward (compiled scan) against its loop reference: output, the input's and
-    every parameter's gradient; and against its pure-torch path (use_kernels=False)."""
+    """The layer's forward (the compiled scan, gate included) against its loop reference and
+    against its pure-torch path (use_kernels=False): output, the input's and every parameter's
+    gradient."""
     torch.manual_seed(0)
     m = layers.build("mamba", 32).eval()
     x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(1))
-    assert "_CompiledScan" in repr(_grad_fns(m(x)))
+    assert "_CompiledScanBackward" in _grad_fns(m(x))
     assert_matches_reference(m, x, tol=1e-5)
     slow = layers.build("mamba", 32, use_kernels=False).eval()
     slow.load_state_dict(m.state_dict())
-    params = [x.requires_grad_(), *m.parameters()]
-    fast_grads = output_and_grads(lambda x: m(x), [x])
-    slow_grads = output_and_grads(lambda x: slow(x), [x])
-    for a, b in zip(fast_grads, slow_grads):
-        assert_rel_close(a, b, 1e-5, what="compiled vs pure-torch mamba")
-    assert params
+    assert "_CompiledScanBackward" not in _grad_fns(slow(x))
+    x = x.requires_grad_()
+    grads = [output_and_grads(lambda x, *_: layer(x), [x, *layer.parameters()])
+             for layer in (m, slow)]
+    names = ["output", "x", *(n for n, _ in m.named_parameters())]
+    for name, a, b in zip(names, *grads):
+        assert_rel_close(a, b, 1e-5, what=f"{name}: compiled vs pure-torch mamba")
 
 
 def _grad_fns(y: torch.Tensor) -> list[str]:
@@ -162,7 +181,7 @@ def test_fallback_without_compiler_warns_once_and_matches(no_library):
     torch.manual_seed(0)
     m = layers.build("mamba", 32).eval()
     x = torch.randn(2, 63, 32, generator=torch.Generator().manual_seed(1))
-    assert "_CompiledScan" not in repr(_grad_fns(m(x)))
+    assert "_CompiledScanBackward" not in _grad_fns(m(x))
     assert_matches_reference(m, x, tol=1e-5)
 
 
