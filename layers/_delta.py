@@ -25,10 +25,11 @@ and then, with ``P_ts = (q_t . k_s) G_t / G_s`` for ``s <= t``,
     S_next = (G_C I - (K G_C / G)^T W) S_0 + (K G_C / G)^T U'
 
 The chunked form computes ``Tinv = (I + A)^-1`` for every chunk at once (a blocked
-inverse: batched products down to 16 x 16 triangular solves), then carries the state through
+inverse: batched products down to 8 x 8 triangular solves), then carries the state through
 the chunks with ``U = Tinv (b * V - (b G * K) S_0)`` and ``S_next = G_C S_0 + (K G_C / G)^T U``
 (three products per chunk, batched over the heads); ``O = P U + (G * Q) S_0`` and the whole
-backward (hand-written, ``_DeltaChunks``) are matrix products batched over the chunks.
+backward (hand-written, ``_DeltaChunks``) are matrix products batched over blocks of
+consecutive chunks.
 Every decay ratio is ``exp`` of a log difference ``<= 0``: nothing overflows under strong
 decay.
 
@@ -45,7 +46,6 @@ from typing import Any
 import torch
 
 from ._dispatch import fp32, pad_time
-from ._recurrence import _matmul_add, decay_matrix
 
 
 def naive_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -82,30 +82,34 @@ def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunked form of ``naive_delta_rule`` (same arguments and results), linear in T.
 
-    Each chunk's ``(I + A)^-1`` comes from one batched triangular solve
-    (``torch.linalg.solve_triangular``, unit diagonal), ``U'`` and ``W`` from one product with
-    it; then a loop over the ``T / chunk_size`` chunks carries the state (``u = U' - W S``,
-    ``S <- G_C S + (K G_C / G)^T u``: two ``[C, dk] x [dk, dv]``-sized products per chunk,
+    All chunks' ``(I + A)^-1`` come at once from a blocked inverse (``_unit_lower_inverse``);
+    then a loop over the ``T / chunk_size`` chunks carries the state (``u = Tinv (b V - Kb S)``,
+    ``S <- G_C S + (K G_C / G)^T u``: three ``[C, d] x [d, dv]``-sized products per chunk,
     batched over the heads), and the outputs are batched products again (``_DeltaChunks``,
-    with a hand-written backward). The zero-padded tail (``k = v = b = 0``, no decay) leaves
-    the state unchanged.
+    with a hand-written backward). The chunks are laid out chunk-major (``[N, batch, C, d]``)
+    so that each chunk's slice the loops read and write is contiguous. The zero-padded tail
+    (``k = v = b = 0``, no decay) leaves the state unchanged.
     """
     with fp32(q):
         T, C, dk, dv = q.shape[-2], chunk_size, q.shape[-1], v.shape[-1]
-        lead = q.shape[:-2]
+        lead, N = q.shape[:-2], -(-T // chunk_size)
 
-        def chunks(t: torch.Tensor) -> torch.Tensor:  # [..., T, d] -> [batch, N, C, d]
+        def chunks(t: torch.Tensor) -> torch.Tensor:  # [..., T, d] -> [N, batch, C, d]
             t = pad_time(t.float(), C).expand(*lead, -1, t.shape[-1])
-            return t.reshape(-1, t.shape[-2] // C, C, t.shape[-1]).contiguous()
-        logG = None if log_g is None else chunks(log_g).cumsum(-2)  # [batch, N, C, 1]
+            return t.unflatten(-2, (N, C)).movedim(-3, 0).contiguous().view(N, -1, C, t.shape[-1])
+        logG = None if log_g is None else chunks(log_g).cumsum(-2)  # [N, batch, C, 1]
         S0 = None if initial_state is None else initial_state.float().reshape(-1, dk, dv)
         o, S = _DeltaChunks.apply(chunks(q), chunks(k), chunks(v), chunks(beta), logG, S0)
-        return o.flatten(1, 2)[:, :T].reshape(*lead, T, dv), S.view(*lead, dk, dv)
+        o = o.unflatten(1, lead).movedim(0, -3).reshape(*lead, N * C, dv)
+        return o[..., :T, :], S.view(*lead, dk, dv)
+
+
+BLOCK_BYTES = 2 ** 20  # about this many bytes of each [chunks, C, d] tensor per block
 
 
 class _DeltaChunks(torch.autograd.Function):
-    """The chunked delta rule on ``[batch, N, C, d]`` chunks (``logG``: the log decay
-    accumulated from each chunk start, or None), with a hand-written backward.
+    """The chunked delta rule on chunk-major ``[N, batch, C, d]`` chunks (``logG``: the log
+    decay accumulated from each chunk start, or None), with a hand-written backward.
 
     Forward, per chunk (``G = exp(logG)``, ``D_ts = G_t / G_s`` for ``s <= t``, ``gamma = G_C``,
     ``Kout = K gamma / G``, ``Qg = Q G``, ``Kb = b G K``; without decay G, D, gamma are 1)::
@@ -123,109 +127,176 @@ class _DeltaChunks(torch.autograd.Function):
 
     and from ``dM``, ``dP`` and the rest the products and decays they were made of
     (``dlogG`` from ``D`` as row sums minus column sums of ``dD * D``). Per chunk that is
-    seven products of ``C x C x d`` forward and fourteen backward, each batched over the
-    chunks except the loop's three.
+    seven products of ``C x C x d`` forward and thirteen backward, ``bmm``/``baddbmm`` on
+    contiguous or transposed operands, no concatenation (the signs of ``dM`` and ``dKb`` are
+    carried into what uses them: ``Mn = -dM``, ``Kbn = -dKb``). The work goes block by block
+    of consecutive chunks (about ``BLOCK_BYTES`` per tensor, so a block's operands stay in
+    cache from one product to the next): forward, ``K K^T``, ``D`` and the inverses of all
+    chunks at once, then block by block ``Q K^T``, the state loop and the outputs; backward,
+    the blocks from the last, each its state loop back and then its gradients. ``D`` is
+    recomputed in backward rather than saved.
     """
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                 logG: torch.Tensor | None, S0: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        (Bn, N, C, dk), dv = q.shape, v.shape[-1]
-        kq = torch.cat([k, q], -2)  # [Bn, N, 2C, dk]: products with both are twice as tall
-        kkqk = kq @ k.transpose(-1, -2)  # [k k^T; q k^T]  [Bn, N, 2C, C]
-        kk, qk = kkqk[..., :C, :], kkqk[..., C:, :]
-        if logG is None:
-            D = G = gamma = None
-            Kb, Kout, Qg = beta * k, k, q
-        else:
-            D = decay_matrix(logG[..., 0])  # [Bn, N, C, C], zero above the diagonal
-            kk, qk = kk * D, qk * D
-            G = logG.exp()
-            gamma = G[..., -1:, :]  # [Bn, N, 1, 1]
-            Kb, Qg = beta * G * k, q * G
-            Kout = k * (logG[..., -1:, :] - logG).exp()
-        Tinv = _unit_lower_inverse(beta * kk)  # reads the strictly lower triangle only
-        bv, P = beta * v, qk.tril_()
-        PQ = torch.cat([P, Qg], -1)  # [Bn, N, C, C + dk]
-        u, S_in = torch.empty_like(v), q.new_empty(Bn, N, dk, dv)
-        S = q.new_zeros(Bn, dk, dv) if S0 is None else S0.float()
-        Kout_t = Kout.transpose(-1, -2)
-        for n in range(N):
-            S_in[:, n] = S
-            u_n = torch.bmm(Tinv[:, n], torch.baddbmm(bv[:, n], Kb[:, n], S, alpha=-1))
-            u[:, n] = u_n
-            S = torch.baddbmm(S if gamma is None else S * gamma[:, n], Kout_t[:, n], u_n)
-        o = PQ @ torch.cat([u, S_in], -2)  # P u + Qg S_in
+        (N, Bn, C, dk), dv = q.shape, v.shape[-1]
+        gated = logG is not None
+        P = q.new_empty(N, Bn, C, C)
+        Kb, u, o = torch.empty_like(k), torch.empty_like(v), torch.empty_like(v)
+        S = v.new_empty(N + 1, Bn, dk, dv)
+        S[0] = 0 if S0 is None else S0
+        G = Qg = Kout = None
+        if gated:
+            G, Qg, Kout = logG.exp(), torch.empty_like(q), torch.empty_like(k)
+        k_all = k.view(N * Bn, C, dk)
+        kk = torch.bmm(k_all, k_all.mT).view(N, Bn, C, C)
+        D = None if logG is None else _decay(logG)  # [N, Bn, C, C]
+        if D is not None:
+            kk.mul_(D)
+        Tinv = _unit_lower_inverse((beta * kk).view(N * Bn, C, C)).view(N, Bn, C, C)
+        for lo, hi in _blocks(N, Bn * C * max(C, dk, dv) * 4):
+            Z, sl = (hi - lo) * Bn, slice(lo, hi)
+            qf, kf, Pf = q[sl].view(Z, C, dk), k[sl].view(Z, C, dk), P[sl].view(Z, C, C)
+            torch.bmm(qf, kf.mT, out=Pf)
+            if gated:
+                Pf.mul_(D[sl].view(Z, C, C))  # lower triangular
+                Gb, lb = G[sl], logG[sl]
+                torch.mul(q[sl], Gb, out=Qg[sl])
+                torch.mul(beta[sl] * Gb, k[sl], out=Kb[sl])
+                torch.mul(k[sl], (lb[..., -1:, :] - lb).exp_(), out=Kout[sl])
+            else:
+                Pf.tril_()
+                torch.mul(beta[sl], k[sl], out=Kb[sl])
+            rhs = beta[sl] * v[sl]  # b V, then b V - Kb S_in in place, chunk by chunk
+            for i, n in enumerate(range(lo, hi)):
+                rhs[i].baddbmm_(Kb[n], S[n], alpha=-1)
+                torch.bmm(Tinv[n], rhs[i], out=u[n])
+                if gated:
+                    torch.mul(S[n], G[n, :, -1:, :], out=S[n + 1]).baddbmm_(Kout[n].mT, u[n])
+                else:
+                    torch.baddbmm(S[n], k[n].mT, u[n], out=S[n + 1])
+            of = o[sl].view(Z, C, dv)
+            torch.bmm((qf if Qg is None else Qg[sl].view(Z, C, dk)), S[sl].view(Z, dk, dv), out=of)
+            of.baddbmm_(Pf, u[sl].view(Z, C, dv))  # P u + Qg S_in
         ctx.has_S0 = S0 is not None
-        ctx.save_for_backward(kq, v, beta, logG, D, G, kk, PQ, Tinv, Kb, u, S_in, Kout)
-        return o, S
+        ctx.save_for_backward(q, k, v, beta, logG, G, kk, P, Qg, Tinv, Kb, u, S, Kout)
+        return o, S[N].clone()
 
     @staticmethod
     def backward(ctx: Any, dO: torch.Tensor, dS_last: torch.Tensor | None
                  ) -> tuple[torch.Tensor | None, ...]:
-        kq, v, beta, logG, D, G, kk, PQ, Tinv, Kb, u, S_in, Kout = ctx.saved_tensors
-        (Bn, N, C, dk), dv = Kb.shape, v.shape[-1]
-        k, q, P = kq[..., :C, :], kq[..., C:, :], PQ[..., :C]
+        q, k, v, beta, logG, G, kk, P, Qg, Tinv, Kb, u, S, Kout = ctx.saved_tensors
+        (N, Bn, C, dk), dv = q.shape, v.shape[-1]
         gated = logG is not None
-        dUSO = PQ.transpose(-1, -2) @ dO.contiguous()  # [P^T dO; Qg^T dO]  [Bn, N, C + dk, dv]
-        dU, dSO = dUSO[..., :C, :], dUSO[..., C:, :]
-        dr, dS_next = torch.empty_like(u), torch.empty_like(S_in)
-        dS = q.new_zeros(Bn, dk, dv) if dS_last is None else dS_last.float()
-        Tinv_t, Kb_t = Tinv.transpose(-1, -2), Kb.transpose(-1, -2)
-        for n in reversed(range(N)):
-            dS_next[:, n] = dS
-            dr_n = torch.bmm(Tinv_t[:, n], torch.baddbmm(dU[:, n], Kout[:, n], dS))
-            dr[:, n] = dr_n
-            carried = dSO[:, n] + (dS if not gated else dS * G[:, n, -1:, :])
-            dS = torch.baddbmm(carried, Kb_t[:, n], dr_n, alpha=-1)
-        Y = torch.cat([dO, dr], -2)  # [Bn, N, 2C, dv]
-        dPM = Y @ u.transpose(-1, -2)  # [dP; -dM] before their masks  [Bn, N, 2C, C]
-        dP, dM = dPM[..., :C, :].tril_(), dPM[..., C:, :].tril_(-1).neg_()
-        dQK = Y @ S_in.transpose(-1, -2)  # [dQg; -dKb]  [Bn, N, 2C, dk]
-        dQg, dKb = dQK[..., :C, :], dQK[..., C:, :].neg_()
-        dKout = u @ dS_next.transpose(-1, -2)  # [Bn, N, C, dk]
-        rk = (dKb * k).sum(-1, keepdim=True)  # [Bn, N, C, 1]
-        dbeta = (dr * v).sum(-1, keepdim=True).add_((dM * kk).sum(-1, keepdim=True))
-        dKK = beta * dM  # dL/d(kk * D), strictly lower
-        if gated:
-            dbeta.addcmul_(rk, G)
-            dD = (dKK * kk).add_(dP * P)  # dL/dD * D (kk and P hold their products with D)
-            dlogG = dD.sum(-1)[..., None] - dD.sum(-2)[..., None]  # rows minus columns
-            dKK, dP = dKK * D, dP * D
-            dlogG += G * (beta * rk + (dQg * q).sum(-1, keepdim=True))
-            c = (dKout * Kout).sum(-1, keepdim=True)  # through Kout = k gamma / G
-            dlogG -= c
-            gamma = G[..., -1:, :]  # [Bn, N, 1, 1]
-            dgamma = (S_in * dS_next).sum((-2, -1))[..., None, None]
-            dlogG[..., -1:, :] += c.sum(-2, keepdim=True) + dgamma * gamma
-            dq = _matmul_add(dQg * G, dP, k)
-            k_base = torch.addcmul(dKout * (logG[..., -1:, :] - logG).exp(), beta * G, dKb)
-        else:
-            dbeta.add_(rk)
-            dlogG = None
-            dq = _matmul_add(dQg, dP, k)
-            k_base = torch.addcmul(dKout, beta, dKb)
-        dk = _matmul_add(k_base, torch.cat([dKK + dKK.transpose(-1, -2), dP.transpose(-1, -2)], -1),
-                         kq)
-        return dq, dk, beta * dr, dbeta, dlogG, dS if ctx.has_S0 else None
+        Qg, Kout = (q, k) if not gated else (Qg, Kout)
+        dO = dO.contiguous()  # strided where the output's layout was
+        dq, dk_, dv_, dbeta = (torch.empty_like(t) for t in (q, k, v, beta))
+        dlogG = torch.empty_like(logG) if gated else None
+        dS = torch.empty_like(S)
+        dS[N] = 0 if dS_last is None else dS_last
+        for lo, hi in reversed(_blocks(N, Bn * C * max(C, dk, dv) * 4)):
+            Z, sl = (hi - lo) * Bn, slice(lo, hi)
+            qf, kf, bf = q[sl].view(Z, C, dk), k[sl].view(Z, C, dk), beta[sl].view(Z, C, 1)
+            dOf, Pf, kkf = dO[sl].view(Z, C, dv), P[sl].view(Z, C, C), kk[sl].view(Z, C, C)
+            dU = torch.bmm(Pf.mT, dOf).view(hi - lo, Bn, C, dv)  # P^T dO, + Kout dS' below
+            dSO = torch.bmm(Qg[sl].view(Z, C, dk).mT, dOf).view(hi - lo, Bn, dk, dv)  # Qg^T dO
+            dr = torch.empty_like(dU)
+            for i, n in reversed(list(enumerate(range(lo, hi)))):
+                dU[i].baddbmm_(Kout[n], dS[n + 1])
+                torch.bmm(Tinv[n].mT, dU[i], out=dr[i])
+                if gated:
+                    torch.addcmul(dSO[i], dS[n + 1], G[n, :, -1:, :], out=dS[n])
+                else:
+                    torch.add(dSO[i], dS[n + 1], out=dS[n])
+                dS[n].baddbmm_(Kb[n].mT, dr[i], alpha=-1)
+            uf, drf = u[sl].view(Z, C, dv), dr.view(Z, C, dv)
+            torch.mul(bf, drf, out=dv_[sl].view(Z, C, dv))
+            S_in, dS_next = S[sl].view(Z, dk, dv), dS[lo + 1:hi + 1].view(Z, dk, dv)
+            dP = torch.bmm(dOf, uf.mT)  # its upper triangle meets only zeros when gated
+            Mn = torch.bmm(drf, uf.mT).tril_(-1)  # -dM
+            dqf, dkf = dq[sl].view(Z, C, dk), dk_[sl].view(Z, C, dk)
+            torch.bmm(dOf, S_in.mT, out=dqf)  # dQg
+            Kbn = torch.bmm(drf, S_in.mT)  # -dKb
+            torch.bmm(uf, dS_next.mT, out=dkf)  # dKout
+            rkn = (Kbn * kf).sum(-1, keepdim=True)  # -(dKb . k)  [Z, C, 1]
+            dbf = dbeta[sl].view(Z, C, 1)
+            torch.sum(drf * v[sl].view(Z, C, dv), -1, keepdim=True, out=dbf)
+            dbf.sub_((Mn * kkf).sum(-1, keepdim=True))
+            KKn = bf * Mn  # -dL/d(kk * D), strictly lower
+            if gated:
+                Gf, lb = G[sl].view(Z, C, 1), logG[sl]
+                dbf.addcmul_(rkn, Gf, value=-1)
+                D = _decay(lb).view(Z, C, C)
+                dD = (dP * Pf).addcmul_(KKn, kkf, value=-1)  # dL/dD * D (kk, P hold D's factor)
+                dlf = dlogG[sl].view(Z, C, 1)
+                torch.sub(dD.sum(-1)[..., None], dD.sum(-2)[..., None], out=dlf)  # rows - columns
+                KKn.mul_(D)
+                dP.mul_(D)
+                dlf += Gf * ((dqf * qf).sum(-1, keepdim=True) - bf * rkn)
+                c = (dkf * Kout[sl].view(Z, C, dk)).sum(-1, keepdim=True)  # via Kout = k gamma / G
+                dlf -= c
+                dgamma = (S_in * dS_next).sum((-2, -1)).view(hi - lo, Bn, 1, 1)
+                dlogG[sl, ..., -1:, :] += (c.view(hi - lo, Bn, C, 1).sum(-2, keepdim=True)
+                                          + dgamma * G[sl, ..., -1:, :])
+                dqf.mul_(Gf)
+                dkf.mul_((lb[..., -1:, :] - lb).exp().view(Z, C, 1))  # through Kout
+                dkf.addcmul_(bf * Gf, Kbn, value=-1)  # through Kb = b G k
+            else:
+                dbf.sub_(rkn)
+                dP.tril_()
+                dkf.addcmul_(bf, Kbn, value=-1)
+            dqf.baddbmm_(dP, kf)
+            dkf.baddbmm_(KKn + KKn.mT, kf, alpha=-1).baddbmm_(dP.mT, qf)
+        return dq, dk_, dv_, dbeta, dlogG, dS[0] if ctx.has_S0 else None
 
 
-def _unit_lower_inverse(M: torch.Tensor, leaf: int = 16) -> torch.Tensor:
+def _decay(logG: torch.Tensor) -> torch.Tensor:
+    """``[..., C, 1] -> [..., C, C]``: ``exp(logG_t - logG_s)`` for ``s <= t``, 0 above (the
+    values of ``_recurrence.decay_matrix``, every kept exponent <= 0). The exponent is taken
+    of every entry and the upper triangle then zeroed (an overflow there to ``inf`` is
+    overwritten, never multiplied), three passes where the mask on the exponent takes more."""
+    return (logG - logG.mT).exp_().tril_()
+
+
+def _blocks(N: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges of consecutive chunks, each about ``BLOCK_BYTES`` of a tensor whose
+    chunks take ``chunk_bytes`` each (at least one chunk a block)."""
+    per = max(1, BLOCK_BYTES // chunk_bytes)
+    return [(lo, min(lo + per, N)) for lo in range(0, N, per)]
+
+
+def _unit_lower_inverse(M: torch.Tensor, leaf: int = 8) -> torch.Tensor:
     """``(I + tril(M, -1))^-1`` for ``[..., C, C]`` (M's diagonal and upper triangle are not
-    read), by halves: ``[[A, 0], [B, D]]^-1 = [[A^-1, 0], [-D^-1 B A^-1, D^-1]]``, the two
-    diagonal blocks inverted together, down to ``leaf``-sized triangular solves. Batched
-    products in place of one large solve, about twice as fast on CPU."""
-    C = M.shape[-1]
-    if C <= leaf or C % 2:
-        eye = torch.eye(C, dtype=M.dtype, device=M.device).expand(M.shape)
-        return torch.linalg.solve_triangular(M, eye, upper=False, unitriangular=True)
-    h = C // 2
-    Ai, Di = _unit_lower_inverse(torch.stack([M[..., :h, :h], M[..., h:, h:]], -3), leaf).unbind(-3)
+    read), blockwise: the ``leaf``-sized diagonal blocks by one batched triangular solve, then
+    level by level the lower-left block of each diagonal block twice as large,
+    ``[[A, 0], [B, D]]^-1 = [[A^-1, 0], [-D^-1 B A^-1, D^-1]]``, every block of a level as one
+    strided view (batched products, no stacking). Where ``C / leaf`` is not a power of two,
+    one triangular solve of the whole. Batched products in place of one large solve, about
+    twice as fast on CPU."""
+    C, lead = M.shape[-1], M.shape[:-2]
+    eye = torch.eye(C, dtype=M.dtype, device=M.device)
+    if C <= leaf or C % leaf or (C // leaf) & (C // leaf - 1):
+        return torch.linalg.solve_triangular(M, eye.expand(M.shape), upper=False,
+                                             unitriangular=True)
+    M = M.reshape(-1, C, C).contiguous()
     out = M.new_zeros(M.shape)
-    out[..., :h, :h], out[..., h:, h:] = Ai, Di
-    out[..., h:, :h] = -(Di @ (M[..., h:, :h] @ Ai))
-    return out
+
+    def blocks(t: torch.Tensor, size: int, row: int, col: int, step: int) -> torch.Tensor:
+        """The ``size x size`` blocks at ``(row + i step, col + i step)``: a ``[Z, C / step,
+        size, size]`` view."""
+        return t.as_strided((t.shape[0], C // step, size, size), (C * C, step * (C + 1), C, 1),
+                            t.storage_offset() + row * C + col)
+    leaves = blocks(M, leaf, 0, 0, leaf)
+    blocks(out, leaf, 0, 0, leaf).copy_(torch.linalg.solve_triangular(
+        leaves, eye[:leaf, :leaf].expand(leaves.shape), upper=False, unitriangular=True))
+    h = leaf
+    while h < C:  # pairs of h-blocks into 2h-blocks: the lower-left is -D^-1 B A^-1
+        B_Ainv = blocks(M, h, h, 0, 2 * h) @ blocks(out, h, 0, 0, 2 * h)
+        blocks(out, h, h, 0, 2 * h).copy_((blocks(out, h, h, h, 2 * h) @ B_Ainv).neg_())
+        h *= 2
+    return out.view(*lead, C, C)
 
 
 def delta_operator(q: torch.Tensor, k: torch.Tensor, beta: torch.Tensor,
