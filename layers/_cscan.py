@@ -1,7 +1,9 @@
 """Mamba's S6 scan compiled from C for the CPU (``csrc/selective_scan.c``): the computation of
-``_selective_scan._SelectiveScan`` (same layout, fp32), forward and backward, a loop per batch
-row over the ``[d_state, D_in]`` state, vectorised over the channels, threads splitting the
-batch rows (results bit-identical for any number of threads).
+``_selective_scan._SelectiveScan`` (same layout, fp32; ``_CompiledScan``), forward and
+backward, a loop per batch row over the ``[d_state, D_in]`` state, vectorised over the
+channels, threads splitting the batch rows (results bit-identical for any number of threads);
+and the short convolution before it, ``_shortconv._CausalConv``'s computation
+(``CausalConv``).
 
 Built lazily, at the first call that can use it: ``$ZOO_CC`` (default ``cc``) compiles the
 source into ``$ZOO_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/zoo/kernels``, or
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._shortconv import _CausalConv
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
 # No -ffast-math: under gcc 12 it links crtfastmath.o even into a shared object, which sets
@@ -101,7 +105,10 @@ def library() -> ctypes.CDLL | None:
     p, i64 = ctypes.c_void_p, ctypes.c_longlong
     lib.s6_forward.argtypes = [p] * 10 + [i64] * 5 + [ctypes.c_int]
     lib.s6_backward.argtypes = [p] * 19 + [i64] * 5 + [ctypes.c_int]
-    lib.s6_forward.restype = lib.s6_backward.restype = ctypes.c_int
+    lib.conv_forward.argtypes = [p] * 5 + [i64] * 6 + [ctypes.c_int]
+    lib.conv_backward.argtypes = [p] * 9 + [i64] * 6 + [ctypes.c_int]
+    for f in (lib.s6_forward, lib.s6_backward, lib.conv_forward, lib.conv_backward):
+        f.restype = ctypes.c_int
     return lib
 
 
@@ -154,6 +161,53 @@ class _CompiledScan(torch.autograd.Function):
                 *map(_ptr, (u, delta, A_t, Bm, Cm, D, z, ysave, starts, gy, gu, gdelta, gA, gB,
                             gC, gD, gz, gA_b, gD_b)), T, B, Di, N, ctx.K, torch.get_num_threads()))
         return gu, gdelta, gA, gB, gC, gD, gz
+
+
+class CausalConv:
+    """``_shortconv._CausalConv`` with the compiled path: ``CausalConv.apply(u, w, b)`` is
+    ``silu(conv_causal(u))`` over time-major ``u [T, B, C]`` (channels contiguous, any strides
+    otherwise: a view of the input projection's output is read in place), taps ``w [C, k]``,
+    bias ``b [C]`` or None; compiled from C for fp32 CPU tensors where the library builds, else
+    ``_CausalConv`` itself."""
+
+    @staticmethod
+    def apply(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if (u.dtype == w.dtype == torch.float32 and u.stride(-1) == 1
+                and (b is None or b.dtype == torch.float32) and usable(u, w)):
+            return _CompiledConv.apply(u, w, b)
+        return _CausalConv.apply(u, w, b)
+
+
+class _CompiledConv(torch.autograd.Function):
+    """``CausalConv`` in C: the taps' products in the order ``_CausalConv`` adds them, the
+    taps' and bias' gradients summed per batch row, then over rows in a fixed order."""
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, w: torch.Tensor,
+                b: torch.Tensor | None) -> torch.Tensor:
+        (T, B, C), k = u.shape, w.shape[1]
+        wt = w.t().contiguous()  # [k, C]: a tap's weights contiguous
+        pre, y = torch.empty(T, B, C), torch.empty(T, B, C)
+        if T * B:
+            _check(library().conv_forward(*map(_ptr, (u, wt, b, pre, y)), T, B, C, k,
+                                          u.stride(0), u.stride(1), torch.get_num_threads()))
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(u, wt, pre)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u, wt, pre = ctx.saved_tensors
+        (T, B, C), k = u.shape, wt.shape[0]
+        gy = gy.float().contiguous()
+        gu, gwt = torch.empty(T, B, C), torch.zeros(k, C)
+        gb = torch.zeros(C) if ctx.has_bias else None
+        if T * B:
+            scratch = torch.empty(B, k, C), torch.empty(B, C)  # per-row sums, then over rows
+            _check(library().conv_backward(*map(_ptr, (u, wt, pre, gy, gu, gwt, gb, *scratch)),
+                                           T, B, C, k, u.stride(0), u.stride(1),
+                                           torch.get_num_threads()))
+        return gu, gwt.t(), gb
 
 
 def _check(status: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import _cscan
+from ._cscan import _CompiledScan, usable
 from ._dispatch import fp32
 
 # selective_scan: each op works on about SCAN_BUFFER floats of state (a step's [B, N, Di], or
@@ -163,7 +163,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         u, delta, B, C = (layout(t.float()).contiguous() for t in (u, delta, B, C))
         A_t, D = A.float().t().contiguous(), D.float()
         z = None if z is None else layout(z.float()).contiguous()
-        if compiled and _cscan.usable(u, delta, A_t, B, C, D):
-            return layout(_cscan._CompiledScan.apply(u, delta, A_t, B, C, D, z))
+        if compiled and usable(u, delta, A_t, B, C, D):
+            return layout(_CompiledScan.apply(u, delta, A_t, B, C, D, z))
         y = _SelectiveScan.apply(u, delta, A_t, B, C, D, chunk_size)
         return layout(y if z is None else y * F.silu(z))

@@ -19,8 +19,9 @@ entering every few steps and recomputes the rest in its hand-written backward (n
 states of ``D_in * d_state``; the skip ``D u`` and the gate ``silu(z)`` inside it, as
 mamba-ssm's kernel has them), everything time-major ``[T, B, .]`` (the scan's layout; the
 convolution as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan;
-on the CPU (``use_kernels``) the same scan compiled from C (``_cscan``: built with the
-system's C compiler at first use and cached, the pure-torch scan where it cannot build); on
+on the CPU (``use_kernels``) the same scan, and the convolution before it, compiled from C
+(``_cscan``: built with the system's C compiler at first use and cached, the pure-torch
+scan and convolution where it cannot build); on
 CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the
 operator's chunk (the scan sizes its own). Speed: the scan's cost is a few elementwise ops per step
 over the whole ``[B, d_state, D_in]`` state (its decay differs per state channel and
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._cscan import CausalConv
 from ._dispatch import kernel_module
 from ._recurrence import causal_operator, naive_recurrence
 from ._selective_scan import selective_scan
@@ -65,7 +67,8 @@ class Mamba(SequenceMixer):
         conv_bias: a bias on the convolution.
         chunk_size: chunk of ``operator``'s chunked form (the scan sizes its own).
         use_kernels: use mamba-ssm's kernel on CUDA when it is installed, and on the CPU the
-            scan compiled from C (``_cscan``) when it builds; False: the pure-torch scan.
+            scan and the convolution compiled from C (``_cscan``) when it builds; False: pure
+            torch.
     """
 
     def __init__(self, d_model: int, *, d_state: int = 16,
@@ -113,10 +116,12 @@ class Mamba(SequenceMixer):
     def _streams(self, x: torch.Tensor, time_major: bool = False) -> tuple[torch.Tensor, ...]:
         """u (after conv and silu) and z ``[B, T, Di]``, dt ``[B, T, R]``, B, C ``[B, T, N]``;
         ``time_major``: all ``[T, B, .]``, the scan's layout, with the convolution as
-        ``_CausalConv`` (the loop reference keeps ``nn.Conv1d``)."""
+        ``_CausalConv`` (compiled from C on the CPU with ``use_kernels``: ``_cscan``; the loop
+        reference keeps ``nn.Conv1d``)."""
         if time_major:
             u, z = self.in_proj(x.transpose(0, 1)).chunk(2, -1)  # [T, B, Di]
-            u = _CausalConv.apply(u, self.conv.weight[:, 0, :], self.conv.bias)
+            conv = CausalConv if self.use_kernels else _CausalConv
+            u = conv.apply(u, self.conv.weight[:, 0, :], self.conv.bias)
             return (u, z, *self._project(u))
         T = x.shape[1]
         u, z = self.in_proj(x).chunk(2, -1)  # [B, T, Di]

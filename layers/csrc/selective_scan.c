@@ -1,6 +1,7 @@
 /* Mamba's S6 selective scan on the CPU, fp32, forward and backward: the computation of
  * layers/_selective_scan.py's _SelectiveScan, in its layout, as plain C (no torch headers, so
- * it builds in about a second; layers/_cscan.py compiles and loads it).
+ * it builds in about a second; layers/_cscan.py compiles and loads it); at the end, the short
+ * convolution that feeds it (layers/_shortconv.py's _CausalConv).
  *
  *   h_t = exp(delta_t A) * h_{t-1} + B_t (delta_t u_t),   y_t = C_t . h_t + D u_t
  *
@@ -64,12 +65,18 @@ static float *alloc_floats(i64 n) {
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
+/* A worker's batch rows [b0, b1), and whether it could not allocate its buffers: the first
+ * member of each kernel's job, so that split_rows can hand them out. */
 typedef struct {
+    i64 b0, b1;
+    int failed;
+} Rows;
+
+typedef struct {
+    Rows rows;
     const float *u, *delta, *A, *Bm, *Cm, *D, *z, *gy;
     float *y, *ysave, *starts, *gu, *gdelta, *gA_b, *gB, *gC, *gD_b, *gz;
     i64 T, B, Di, N, K;
-    i64 b0, b1; /* this worker's batch rows */
-    int failed;
 } Job;
 
 
@@ -170,9 +177,9 @@ static void forward_rows(Job *j) {
     const i64 T = j->T, B = j->B, Di = j->Di, N = j->N, K = j->K;
     const float *restrict A = j->A, *restrict D = j->D;
     float *h = alloc_floats((N + 2) * Di + 16);  /* the state [N, Di]; a step's du, delta log2(e) */
-    if (!h) { j->failed = 1; return; }
+    if (!h) { j->rows.failed = 1; return; }
     float *restrict du = h + N * Di, *restrict dl2 = du + Di + 16;
-    for (i64 b = j->b0; b < j->b1; b++) {
+    for (i64 b = j->rows.b0; b < j->rows.b1; b++) {
         memset(h, 0, sizeof(float) * N * Di);
         for (i64 t = 0; t < T; t++) {
             const i64 row = t * B + b;
@@ -187,9 +194,11 @@ static void forward_rows(Job *j) {
                 dl2[d] = dl[d] * LOG2E;
                 yy[d] = D[d] * uu[d];
             }
-            for (i64 d = 0; d < Di; d += W) {
-                if (Di - d >= W) forward_block(dl2 + d, du + d, A + d, h + d, yy + d, Bt, Ct, N, Di, W);
-                else forward_block(dl2 + d, du + d, A + d, h + d, yy + d, Bt, Ct, N, Di, Di - d);
+            for (i64 d = 0; d < Di; d += W) { /* W: a constant, so gcc unrolls the block */
+#define FORWARD(w) forward_block(dl2 + d, du + d, A + d, h + d, yy + d, Bt, Ct, N, Di, w)
+                if (Di - d >= W) FORWARD(W);
+                else FORWARD(Di - d);
+#undef FORWARD
             }
             if (j->z) { /* the gate: y silu(z), y kept for the backward */
                 const float *restrict zz = j->z + row * Di;
@@ -210,10 +219,10 @@ static void backward_rows(Job *j) {
      * (K S); p: the adjoint carried to the step before (S); pb, pc: a step's per-lane sums over
      * d for dL/dB and dL/dC ([N, W] each). */
     float *buf = alloc_floats((2 * K + 2) * S + 2 * N * W + Di);
-    if (!buf) { j->failed = 1; return; }
+    if (!buf) { j->rows.failed = 1; return; }
     float *restrict H = buf, *restrict E = H + (K + 1) * S, *restrict p = E + K * S;
     float *restrict pb = p + S, *restrict pc = pb + N * W, *restrict gyg = pc + N * W;
-    for (i64 b = j->b0; b < j->b1; b++) {
+    for (i64 b = j->rows.b0; b < j->rows.b1; b++) {
         float *restrict gA = j->gA_b + b * S, *restrict gD = j->gD_b + b * Di;
         memset(gA, 0, sizeof(float) * S);
         memset(gD, 0, sizeof(float) * Di);
@@ -227,9 +236,10 @@ static void backward_rows(Job *j) {
                 const float *restrict Bt = j->Bm + row * N;
                 float *restrict Hp = H + s * S, *restrict Hn = Hp + S, *restrict Es = E + s * S;
                 for (i64 d = 0; d < Di; d += W) {
-                    const i64 w = Di - d < W ? Di - d : W;
-                    if (w == W) recompute_block(dl + d, uu + d, A + d, Bt, Hp + d, Hn + d, Es + d, N, Di, W);
-                    else recompute_block(dl + d, uu + d, A + d, Bt, Hp + d, Hn + d, Es + d, N, Di, w);
+#define RECOMPUTE(w) recompute_block(dl + d, uu + d, A + d, Bt, Hp + d, Hn + d, Es + d, N, Di, w)
+                    if (Di - d >= W) RECOMPUTE(W);
+                    else RECOMPUTE(Di - d);
+#undef RECOMPUTE
                 }
             }
             for (i64 t = t1 - 1; t >= t0; t--) { /* the adjoint */
@@ -237,7 +247,8 @@ static void backward_rows(Job *j) {
                 const float *restrict dl = j->delta + row * Di, *restrict uu = j->u + row * Di;
                 const float *restrict gyt = j->gy + row * Di;
                 const float *restrict Bt = j->Bm + row * N, *restrict Ct = j->Cm + row * N;
-                const float *restrict Hp = H + s * S, *restrict Hn = Hp + S, *restrict Es = E + s * S;
+                const float *restrict Hp = H + s * S, *restrict Hn = Hp + S;
+                const float *restrict Es = E + s * S;
                 if (j->z) { /* through the gate: dL/dy = gy silu(z), dL/dz = gy y silu'(z) */
                     const float *restrict zz = j->z + row * Di, *restrict ys = j->ysave + row * Di;
                     float *restrict gzt = j->gz + row * Di;
@@ -278,29 +289,29 @@ static void backward_rows(Job *j) {
 static void *forward_worker(void *arg) { forward_rows((Job *)arg); return NULL; }
 static void *backward_worker(void *arg) { backward_rows((Job *)arg); return NULL; }
 
-/* Run `work` over the batch rows in up to `threads` contiguous ranges (one per thread; the
- * calling thread takes the first); a thread that cannot start has its rows run here. */
-static int run_split(const Job *proto, int threads, void (*work)(Job *), void *(*entry)(void *)) {
-    i64 B = proto->B, n = threads < 1 ? 1 : (threads > B ? B : threads);
-    if (n < 1) n = 1;
-    Job *jobs = calloc((size_t)n, sizeof(Job));
+/* Run `entry` over the batch rows of the job `proto` (`size` bytes, Rows first) in up to
+ * `threads` contiguous ranges, one per thread, the calling thread taking the first; a thread
+ * that cannot start has its rows run here. */
+static int split_rows(const void *proto, size_t size, i64 B, int threads, void *(*entry)(void *)) {
+    const i64 n = threads < 1 || B < 1 ? 1 : (threads > B ? B : threads);
+    char *jobs = calloc((size_t)n, size);
     pthread_t *ids = calloc((size_t)n, sizeof(pthread_t));
     char *started = calloc((size_t)n, 1);
     if (!jobs || !ids || !started) { free(jobs); free(ids); free(started); return -1; }
     for (i64 i = 0; i < n; i++) {
-        jobs[i] = *proto;
-        jobs[i].b0 = B * i / n;
-        jobs[i].b1 = B * (i + 1) / n;
-        jobs[i].failed = 0;
+        Rows *r = (Rows *)memcpy(jobs + i * size, proto, size);
+        r->b0 = B * i / n;
+        r->b1 = B * (i + 1) / n;
+        r->failed = 0;
     }
     for (i64 i = 1; i < n; i++)
-        started[i] = pthread_create(&ids[i], NULL, entry, &jobs[i]) == 0;
-    work(&jobs[0]);
-    int failed = jobs[0].failed;
+        started[i] = pthread_create(&ids[i], NULL, entry, jobs + i * size) == 0;
+    entry(jobs);
+    int failed = ((Rows *)jobs)->failed;
     for (i64 i = 1; i < n; i++) {
         if (started[i]) pthread_join(ids[i], NULL);
-        else work(&jobs[i]);
-        failed |= jobs[i].failed;
+        else entry(jobs + i * size);
+        failed |= ((Rows *)(jobs + i * size))->failed;
     }
     free(jobs); free(ids); free(started);
     return failed ? -1 : 0;
@@ -315,7 +326,7 @@ int s6_forward(const float *u, const float *delta, const float *A_t, const float
     job.u = u; job.delta = delta; job.A = A_t; job.Bm = Bm; job.Cm = Cm; job.D = D; job.z = z;
     job.y = y; job.ysave = ysave; job.starts = starts;
     job.T = T; job.B = B; job.Di = Di; job.N = N; job.K = K;
-    return run_split(&job, threads, forward_rows, forward_worker);
+    return split_rows(&job, sizeof job, B, threads, forward_worker);
 }
 
 /* z, ysave: the forward's (z NULL: no gate; else gz receives dL/dz); gA_b [B, N, Di] and
@@ -330,7 +341,7 @@ int s6_backward(const float *u, const float *delta, const float *A_t, const floa
     job.ysave = (float *)ysave; job.starts = (float *)starts; job.gy = gy; job.gz = gz;
     job.gu = gu; job.gdelta = gdelta; job.gA_b = gA_b; job.gB = gB; job.gC = gC; job.gD_b = gD_b;
     job.T = T; job.B = B; job.Di = Di; job.N = N; job.K = K;
-    if (run_split(&job, threads, backward_rows, backward_worker)) return -1;
+    if (split_rows(&job, sizeof job, B, threads, backward_worker)) return -1;
     const i64 S = N * Di;
     memcpy(gA, gA_b, sizeof(float) * S);
     memcpy(gD, gD_b, sizeof(float) * Di);
@@ -340,6 +351,113 @@ int s6_backward(const float *u, const float *delta, const float *A_t, const floa
         for (i64 i = 0; i < S; i++) gA[i] += a[i];
 #pragma omp simd
         for (i64 d = 0; d < Di; d++) gD[d] += e[d];
+    }
+    return 0;
+}
+
+/* Mamba's short convolution before the scan: silu(conv_causal(u)), depthwise, k taps,
+ * time-major (layers/_shortconv.py's _CausalConv, the same computation):
+ * pre[t, b] = bias + sum_s w[k - 1 - s] u[t - s, b] (s < k, t - s >= 0), y = silu(pre).
+ * u is [T, B, C] with its channels contiguous and strides su_t, su_b (a view of the input
+ * projection's output); pre, y, gy, gu contiguous [T, B, C]; the taps transposed, w [k, C];
+ * bias [C] or NULL. Threads split the batch rows as the scan's do; the taps' and the bias'
+ * gradients are kept per row and summed in a fixed order. */
+typedef struct {
+    Rows rows;
+    const float *u, *w, *bias, *pre, *gy;
+    float *y, *pre_out, *gu, *gw_b, *gb_b;
+    i64 T, B, C, k, su_t, su_b;
+} ConvJob;
+
+static inline float sigmoid_ps(float x) { return 1.0f / (1.0f + exp2_ps(-x * LOG2E)); }
+
+static void conv_forward_rows(ConvJob *j) {
+    const i64 T = j->T, B = j->B, C = j->C, k = j->k;
+    for (i64 b = j->rows.b0; b < j->rows.b1; b++)
+        for (i64 t = 0; t < T; t++) {
+            float *restrict pre = j->pre_out + (t * B + b) * C;
+            float *restrict y = j->y + (t * B + b) * C;
+#pragma omp simd
+            for (i64 c = 0; c < C; c++) pre[c] = j->bias ? j->bias[c] : 0.0f;
+            for (i64 s = 0; s < k && s <= t; s++) {
+                const float *restrict us = j->u + (t - s) * j->su_t + b * j->su_b;
+                const float *restrict w = j->w + (k - 1 - s) * C;
+#pragma omp simd
+                for (i64 c = 0; c < C; c++) pre[c] += w[c] * us[c];
+            }
+#pragma omp simd
+            for (i64 c = 0; c < C; c++) y[c] = pre[c] * sigmoid_ps(pre[c]);
+        }
+}
+
+static void conv_backward_rows(ConvJob *j) {
+    const i64 T = j->T, B = j->B, C = j->C, k = j->k;
+    float *g = alloc_floats(T * C); /* dL/dpre for this row, all t */
+    if (!g) { j->rows.failed = 1; return; }
+    for (i64 b = j->rows.b0; b < j->rows.b1; b++) {
+        float *restrict gw = j->gw_b + b * k * C, *restrict gb = j->gb_b + b * C; /* [k, C], [C] */
+        memset(gw, 0, sizeof(float) * k * C);
+        memset(gb, 0, sizeof(float) * C);
+        for (i64 t = 0; t < T; t++) {
+            const float *restrict pre = j->pre + (t * B + b) * C;
+            const float *restrict gy = j->gy + (t * B + b) * C;
+            float *restrict gt = g + t * C;
+#pragma omp simd
+            for (i64 c = 0; c < C; c++) {
+                const float sg = sigmoid_ps(pre[c]);
+                gt[c] = gy[c] * (sg * (1.0f + pre[c] * (1.0f - sg)));
+                gb[c] += gt[c];
+            }
+        }
+        for (i64 t = 0; t < T; t++) {
+            const float *restrict ut = j->u + t * j->su_t + b * j->su_b;
+            float *restrict gu = j->gu + (t * B + b) * C;
+#pragma omp simd
+            for (i64 c = 0; c < C; c++) gu[c] = 0.0f;
+            for (i64 s = 0; s < k && t + s < T; s++) { /* u[t] feeds pre[t + s] through tap k-1-s */
+                const float *restrict gs = g + (t + s) * C, *restrict w = j->w + (k - 1 - s) * C;
+                float *restrict gws = gw + (k - 1 - s) * C;
+#pragma omp simd
+                for (i64 c = 0; c < C; c++) {
+                    gu[c] += gs[c] * w[c];
+                    gws[c] += gs[c] * ut[c];
+                }
+            }
+        }
+    }
+    free(g);
+}
+
+static void *conv_forward_worker(void *arg) { conv_forward_rows((ConvJob *)arg); return NULL; }
+static void *conv_backward_worker(void *arg) { conv_backward_rows((ConvJob *)arg); return NULL; }
+
+int conv_forward(const float *u, const float *w, const float *bias, float *pre, float *y,
+                 i64 T, i64 B, i64 C, i64 k, i64 su_t, i64 su_b, int threads) {
+    ConvJob job = {0};
+    job.u = u; job.w = w; job.bias = bias; job.pre_out = pre; job.y = y;
+    job.T = T; job.B = B; job.C = C; job.k = k; job.su_t = su_t; job.su_b = su_b;
+    return split_rows(&job, sizeof job, B, threads, conv_forward_worker);
+}
+
+/* gw [k, C] (w's layout); gb [C] or NULL; gw_b [B, k, C] and gb_b [B, C]: scratch for the
+ * per-row sums. */
+int conv_backward(const float *u, const float *w, const float *pre, const float *gy, float *gu,
+                  float *gw, float *gb, float *gw_b, float *gb_b, i64 T, i64 B, i64 C, i64 k,
+                  i64 su_t, i64 su_b, int threads) {
+    ConvJob job = {0};
+    job.u = u; job.w = w; job.pre = pre; job.gy = gy; job.gu = gu; job.gw_b = gw_b; job.gb_b = gb_b;
+    job.T = T; job.B = B; job.C = C; job.k = k; job.su_t = su_t; job.su_b = su_b;
+    if (split_rows(&job, sizeof job, B, threads, conv_backward_worker)) return -1;
+    memcpy(gw, gw_b, sizeof(float) * k * C);
+    if (gb) memcpy(gb, gb_b, sizeof(float) * C);
+    for (i64 b = 1; b < B; b++) { /* fixed order: the same sums for any number of threads */
+        const float *restrict e = gw_b + b * k * C, *restrict f = gb_b + b * C;
+#pragma omp simd
+        for (i64 i = 0; i < k * C; i++) gw[i] += e[i];
+        if (gb) {
+#pragma omp simd
+            for (i64 c = 0; c < C; c++) gb[c] += f[c];
+        }
     }
     return 0;
 }

@@ -1,7 +1,8 @@
-"""Mamba's S6 scan compiled from C (layers/_cscan.py, layers/csrc/selective_scan.c) against the
-pure-torch scan and the loop reference, on the output and every gradient (odd lengths, strong
-decay, channel counts that leave vector tails), bit-identical for 1 and 2 threads, through the
-Mamba layer, and the fallback to the pure-torch scan when no compiler is available."""
+"""Mamba's S6 scan and short convolution compiled from C (layers/_cscan.py,
+layers/csrc/selective_scan.c) against the pure-torch ones and the loop references, on the output
+and every gradient (odd lengths, strong decay, channel counts that leave vector tails),
+bit-identical for 1 and 2 threads, through the Mamba layer, and the fallback to pure torch when
+no compiler is available."""
 
 import warnings
 
@@ -12,9 +13,10 @@ import layers
 from layers import _cscan
 from layers._recurrence import naive_recurrence
 from layers._selective_scan import selective_scan
+from layers._shortconv import _CausalConv
 from layers.testing import assert_matches_reference, assert_rel_close, rel_rms_error
 
-needs_build = pytest.mark.skipif(_cscan.library() is None, reason="the C scan does not build here")
+needs_build = pytest.mark.skipif(_cscan.library() is None, reason="the C code does not build here")
 NAMES = ["u", "delta", "A", "B", "C", "D"]
 
 
@@ -133,17 +135,79 @@ def test_mamba_compiled_path_matches_reference(T):
     torch.manual_seed(0)
     m = layers.build("mamba", 32).eval()
     x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(1))
-    assert "_CompiledScanBackward" in _grad_fns(m(x))
+    assert {"_CompiledScanBackward", "_CompiledConvBackward"} <= set(_grad_fns(m(x)))
     assert_matches_reference(m, x, tol=1e-5)
     slow = layers.build("mamba", 32, use_kernels=False).eval()
     slow.load_state_dict(m.state_dict())
-    assert "_CompiledScanBackward" not in _grad_fns(slow(x))
+    assert not {"_CompiledScanBackward", "_CompiledConvBackward"} & set(_grad_fns(slow(x)))
     x = x.requires_grad_()
     grads = [output_and_grads(lambda x, *_: layer(x), [x, *layer.parameters()])
              for layer in (m, slow)]
     names = ["output", "x", *(n for n, _ in m.named_parameters())]
     for name, a, b in zip(names, *grads):
         assert_rel_close(a, b, 1e-5, what=f"{name}: compiled vs pure-torch mamba")
+
+
+def conv_inputs(T: int, B: int = 3, C: int = 20, k: int = 4, bias: bool = True):
+    """u: the first half of a ``[T, B, 2C]`` tensor (a strided view, as Mamba's input projection
+    gives it), taps ``w [C, k]``, bias ``[C]`` or None."""
+    g = torch.Generator().manual_seed(T)
+    u = torch.randn(T, B, 2 * C, generator=g).requires_grad_()
+    w = torch.randn(C, k, generator=g).requires_grad_()
+    b = torch.randn(C, generator=g).requires_grad_() if bias else None
+    return u, w, b
+
+
+def conv_loop(u, w, b):
+    """silu(causal depthwise conv) through F.conv1d, in float64: the reference."""
+    T, k = u.shape[0], w.shape[1]
+    x = u.double().permute(1, 2, 0)  # [B, C, T]
+    y = torch.nn.functional.conv1d(x, w.double()[:, None], None if b is None else b.double(),
+                                   padding=k - 1, groups=w.shape[0])[..., :T]
+    return torch.nn.functional.silu(y).permute(2, 0, 1)  # [T, B, C]
+
+
+@needs_build
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("T", [1, 3, 63, 100])
+def test_compiled_conv_matches_causal_conv_and_loop(T, bias):
+    """The compiled short convolution against _CausalConv and F.conv1d (float64): output and
+    the gradients of u, the taps and the bias; T = 1, 3 are shorter than the 4 taps; u is a
+    strided view, C = 20 leaves a partial vector."""
+    u, w, b = conv_inputs(T, bias=bias)
+    wrt = [t for t in (u, w, b) if t is not None]
+
+    def run(conv):
+        return lambda *_: conv(u[..., :20], w, b)
+    assert "_CompiledConvBackward" in _grad_fns(_cscan.CausalConv.apply(u[..., :20], w, b))
+    fast = output_and_grads(run(_cscan.CausalConv.apply), wrt)
+    for name, ref in (("_CausalConv", run(_CausalConv.apply)), ("F.conv1d", run(conv_loop))):
+        for what, a, e in zip(["output", "u", "w", "b"], fast, output_and_grads(ref, wrt)):
+            assert_rel_close(a, e, 2e-6, what=f"{what} vs {name}")
+
+
+@needs_build
+def test_compiled_conv_bit_identical_across_threads():
+    u, w, b = conv_inputs(63, B=5)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(output_and_grads(lambda *_: _cscan.CausalConv.apply(u[..., :20], w, b),
+                                         [u, w, b]))
+    finally:
+        torch.set_num_threads(before)
+    for what, a, e in zip(["output", "u", "w", "b"], *runs):
+        assert torch.equal(a, e), what
+
+
+def test_conv_falls_back_to_causal_conv_off_fp32():
+    """bf16 (autocast's input projection) runs _CausalConv, as before."""
+    u, w, b = (t.detach().bfloat16() for t in conv_inputs(10))
+    y = _cscan.CausalConv.apply(u[..., :20], w, b)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, _CausalConv.apply(u[..., :20], w, b))
 
 
 def _grad_fns(y: torch.Tensor) -> list[str]:
@@ -181,7 +245,7 @@ def test_fallback_without_compiler_warns_once_and_matches(no_library):
     torch.manual_seed(0)
     m = layers.build("mamba", 32).eval()
     x = torch.randn(2, 63, 32, generator=torch.Generator().manual_seed(1))
-    assert "_CompiledScanBackward" not in _grad_fns(m(x))
+    assert not {"_CompiledScanBackward", "_CompiledConvBackward"} & set(_grad_fns(m(x)))
     assert_matches_reference(m, x, tol=1e-5)
 
 
@@ -202,7 +266,8 @@ def test_build_is_cached_under_a_hash(monkeypatch, tmp_path):
     try:
         assert _cscan.library() is not None
         built = sorted(p.name for p in tmp_path.iterdir())
-        assert len(built) == 1 and built[0].startswith("selective_scan-") and built[0].endswith(".so")
+        assert len(built) == 1
+        assert built[0].startswith("selective_scan-") and built[0].endswith(".so")
         assert _cscan._build().name == built[0]  # found, not rebuilt
     finally:
         _cscan.library.cache_clear()
