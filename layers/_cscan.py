@@ -103,8 +103,8 @@ def library() -> ctypes.CDLL | None:
                       f"({e})", RuntimeWarning, stacklevel=2)
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_longlong
-    lib.s6_forward.argtypes = [p] * 10 + [i64] * 5 + [ctypes.c_int]
-    lib.s6_backward.argtypes = [p] * 19 + [i64] * 5 + [ctypes.c_int]
+    lib.s6_forward.argtypes = [p] * 11 + [i64] * 5 + [ctypes.c_int]
+    lib.s6_backward.argtypes = [p] * 20 + [i64] * 5 + [ctypes.c_int]
     lib.conv_forward.argtypes = [p] * 5 + [i64] * 6 + [ctypes.c_int]
     lib.conv_backward.argtypes = [p] * 9 + [i64] * 6 + [ctypes.c_int]
     for f in (lib.s6_forward, lib.s6_backward, lib.conv_forward, lib.conv_backward):
@@ -124,14 +124,15 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 class _CompiledScan(torch.autograd.Function):
     """``_SelectiveScan``'s signature and results (u, delta ``[T, B, Di]``, A_t ``[N, Di]``,
     B, C ``[T, B, N]``, D ``[Di]`` -> y ``[T, B, Di]``, fp32 CPU tensors), computed by the C
-    scan, and ``z`` (``[T, B, Di]`` or None): the output gated, ``y * silu(z)``, as mamba-ssm's
-    ``selective_scan_fn`` does it. Autograd keeps the inputs, the state entering every ``K``-th
-    step and, with ``z``, the output before the gate."""
+    scan; as mamba-ssm's ``selective_scan_fn`` has them, ``z`` (``[T, B, Di]`` or None): the
+    output gated, ``y * silu(z)``, and ``softplus``: the scan's delta is ``softplus(delta)``.
+    Autograd keeps the inputs, the state entering every ``K``-th step and, with ``z``, the
+    output before the gate, with ``softplus``, the delta it took."""
 
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A_t: torch.Tensor,
                 Bm: torch.Tensor, Cm: torch.Tensor, D: torch.Tensor,
-                z: torch.Tensor | None = None) -> torch.Tensor:
+                z: torch.Tensor | None = None, softplus: bool = False) -> torch.Tensor:
         u, delta, A_t, Bm, Cm, D = (t.float().contiguous() for t in (u, delta, A_t, Bm, Cm, D))
         z = None if z is None else z.float().contiguous()
         (T, B, Di), N = u.shape, A_t.shape[0]
@@ -140,16 +141,20 @@ class _CompiledScan(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)
         starts = u.new_empty(-(-T // K), B, N, Di) if keep else None
         ysave = torch.empty_like(u) if keep and z is not None else None
+        dsave = torch.empty_like(u) if softplus else None
         if T * B:
-            _check(library().s6_forward(*map(_ptr, (u, delta, A_t, Bm, Cm, D, z, y, ysave, starts)),
-                                        T, B, Di, N, K, torch.get_num_threads()))
+            _check(library().s6_forward(
+                *map(_ptr, (u, delta, A_t, Bm, Cm, D, z, y, ysave, dsave, starts)),
+                T, B, Di, N, K, torch.get_num_threads()))
         ctx.K = K
-        ctx.save_for_backward(u, delta, A_t, Bm, Cm, D, z, ysave, starts)
+        ctx.save_for_backward(u, delta, dsave, A_t, Bm, Cm, D, z, ysave, starts)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, delta, A_t, Bm, Cm, D, z, ysave, starts = ctx.saved_tensors
+        u, delta, dsave, A_t, Bm, Cm, D, z, ysave, starts = ctx.saved_tensors
+        # the delta the scan took, and its input where that was softplus(input)
+        delta, draw = (delta, None) if dsave is None else (dsave, delta)
         (T, B, Di), N = u.shape, A_t.shape[0]
         gy = gy.float().contiguous()
         gu, gdelta, gB, gC = (torch.empty_like(t) for t in (u, delta, Bm, Cm))
@@ -158,9 +163,10 @@ class _CompiledScan(torch.autograd.Function):
         if T * B:
             gA_b, gD_b = u.new_empty(B, N, Di), u.new_empty(B, Di)  # per-row sums, then over b
             _check(library().s6_backward(
-                *map(_ptr, (u, delta, A_t, Bm, Cm, D, z, ysave, starts, gy, gu, gdelta, gA, gB,
-                            gC, gD, gz, gA_b, gD_b)), T, B, Di, N, ctx.K, torch.get_num_threads()))
-        return gu, gdelta, gA, gB, gC, gD, gz
+                *map(_ptr, (u, delta, draw, A_t, Bm, Cm, D, z, ysave, starts, gy, gu, gdelta,
+                            gA, gB, gC, gD, gz, gA_b, gD_b)),
+                T, B, Di, N, ctx.K, torch.get_num_threads()))
+        return gu, gdelta, gA, gB, gC, gD, gz, None
 
 
 class CausalConv:

@@ -137,8 +137,8 @@ def _steps(x: torch.Tensor, L: int) -> tuple[torch.Tensor, ...]:
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor, *, chunk_size: int | None = None,
-                   z: torch.Tensor | None = None, time_major: bool = False,
-                   compiled: bool = False) -> torch.Tensor:
+                   z: torch.Tensor | None = None, delta_softplus: bool = False,
+                   time_major: bool = False, compiled: bool = False) -> torch.Tensor:
     """Mamba's S6 scan: per channel d, ``h_t = exp(delta_t A_d) * h_{t-1} + delta_t B_t u_t``
     (h in R^N), ``y_t = C_t . h_t + D_d u_t``.
 
@@ -149,10 +149,11 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     ``O(B T Di + (T / chunk_size) B Di N)``, never ``O(B T Di N)``. Results do not depend on
     ``chunk_size``, the steps between the states the backward restarts from; by default
     ``MIN_SCAN_CHUNK``, or more where a step's state is smaller than ``SCAN_BUFFER`` floats.
-    ``z`` (u's shape, or None): the output gated, ``y * silu(z)``, as mamba-ssm's
-    ``selective_scan_fn`` has it. ``compiled``: on CPU tensors, the same scan (gate included)
-    compiled from C (``_cscan``, built at the first call; it sizes its own segments) where it
-    builds, else this one.
+    As mamba-ssm's ``selective_scan_fn`` has them: ``z`` (u's shape, or None): the output
+    gated, ``y * silu(z)``; ``delta_softplus``: the scan's delta is ``softplus(delta)``.
+    ``compiled``: on CPU tensors, the same scan (gate and softplus included) compiled from C
+    (``_cscan``, built at the first call; it sizes its own segments) where it builds, else this
+    one.
     """
     Bsz, Di, N = (u.shape[1] if time_major else u.shape[0]), *A.shape
     if chunk_size is None:
@@ -164,6 +165,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         A_t, D = A.float().t().contiguous(), D.float()
         z = None if z is None else layout(z.float()).contiguous()
         if compiled and usable(u, delta, A_t, B, C, D):
-            return layout(_CompiledScan.apply(u, delta, A_t, B, C, D, z))
+            return layout(_CompiledScan.apply(u, delta, A_t, B, C, D, z, delta_softplus))
+        delta = F.softplus(delta) if delta_softplus else delta
         y = _SelectiveScan.apply(u, delta, A_t, B, C, D, chunk_size)
         return layout(y if z is None else y * F.silu(z))

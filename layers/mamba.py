@@ -16,17 +16,17 @@ Paths: ``reference`` is the loop over time (``_recurrence.naive_recurrence`` wit
 channel, ``dv = 1``), autograd through every step; ``forward`` the same loop in
 ``_selective_scan.selective_scan``, a custom autograd function that keeps only the state
 entering every few steps and recomputes the rest in its hand-written backward (never all T
-states of ``D_in * d_state``; the skip ``D u`` and the gate ``silu(z)`` inside it, as
-mamba-ssm's kernel has them), everything time-major ``[T, B, .]`` (the scan's layout; the
-convolution as ``_CausalConv``'s shifted taps) so nothing is transposed around the scan;
-on the CPU (``use_kernels``) the same scan, and the convolution before it, compiled from C
-(``_cscan``: built with the system's C compiler at first use and cached, the pure-torch
-scan and convolution where it cannot build); on
-CUDA with ``mamba-ssm`` installed, its ``selective_scan_fn`` kernel. ``chunk_size`` is the
-operator's chunk (the scan sizes its own). Speed: the scan's cost is a few elementwise ops per step
-over the whole ``[B, d_state, D_in]`` state (its decay differs per state channel and
-channel, so no chunk of it is a matrix product, unlike Mamba-2's scalar decay); see
-benchmarks/step.md. ``step`` keeps the last ``d_conv`` conv inputs and the SSM state.
+states of ``D_in * d_state``; Delta's softplus, the skip ``D u`` and the gate ``silu(z)``
+inside it, as mamba-ssm's kernel has them), everything time-major ``[T, B, .]`` (the scan's
+layout; the convolution as ``_CausalConv``'s shifted taps) so nothing is transposed around
+the scan; on the CPU (``use_kernels``) the same scan, and the convolution before it,
+compiled from C (``_cscan``: built with the system's C compiler at first use and cached;
+pure torch where it cannot build); on CUDA with ``mamba-ssm`` installed, its
+``selective_scan_fn`` kernel. ``chunk_size`` is the operator's chunk (the scan sizes its
+own). Speed: the scan's cost is a few elementwise ops per step over the whole
+``[B, d_state, D_in]`` state (its decay differs per state channel and channel, so no chunk of
+it is a matrix product, unlike Mamba-2's scalar decay), which the C scan does in one pass per
+step instead of torch's op-by-op; see benchmarks/step.md. ``step`` keeps the last ``d_conv`` conv inputs and the SSM state.
 ``operator`` is per channel ``[B, D_in, T, T]``, ``T_ij = C_i . (prod_{m=j+1..i}
 exp(Delta_m A)) Delta_j B_j`` plus ``D`` on the diagonal (the skip), applied to ``u`` *after*
 the short conv; the conv itself is outside the operator.
@@ -157,8 +157,10 @@ class Mamba(SequenceMixer):
         if ops is not None:
             return self._mamba_ssm(ops, *self._streams(x))
         u, z, dt, Bm, Cm = self._streams(x, time_major=True)
-        y = selective_scan(u, *self._discretise(dt), Bm, Cm, self.D, z=z, time_major=True,
-                           compiled=self.use_kernels)  # the skip and the gate inside the scan
+        # _discretise's softplus, the skip D u and the gate silu(z) inside the scan
+        y = selective_scan(u, self.dt_proj(dt).float(), -torch.exp(self.A_log.float()), Bm, Cm,
+                           self.D, z=z, delta_softplus=True, time_major=True,
+                           compiled=self.use_kernels)
         return self.out_proj(y.to(self.out_proj.weight.dtype)).transpose(0, 1)  # [B, T, D]
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@
  *
  *   h_t = exp(delta_t A) * h_{t-1} + B_t (delta_t u_t),   y_t = C_t . h_t + D u_t
  *
- * and optionally, as mamba-ssm's selective_scan_fn has it, the gate: out_t = y_t silu(z_t).
+ * and optionally, as mamba-ssm's selective_scan_fn has them, delta = softplus(its input) and the
+ * gate: out_t = y_t silu(z_t).
  *
  * Layout (all contiguous, time-major): u, delta, z, y [T, B, Di]; A_t [N, Di] (A transposed);
  * Bm, Cm [T, B, N]; D [Di]. Per batch row b the state h is [N, Di], so every inner loop runs
@@ -74,11 +75,29 @@ typedef struct {
 
 typedef struct {
     Rows rows;
-    const float *u, *delta, *A, *Bm, *Cm, *D, *z, *gy;
-    float *y, *ysave, *starts, *gu, *gdelta, *gA_b, *gB, *gC, *gD_b, *gz;
+    const float *u, *delta, *A, *Bm, *Cm, *D, *z, *gy, *draw;
+    float *y, *ysave, *dsave, *starts, *gu, *gdelta, *gA_b, *gB, *gC, *gD_b, *gz;
     i64 T, B, Di, N, K;
 } Job;
 
+
+static inline float sigmoid_ps(float x) { return 1.0f / (1.0f + exp2_ps(-x * LOG2E)); }
+
+/* softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|) (x itself above 20, as torch has it);
+ * log1p(t) for t in (0, 1] as 2 atanh(s), s = t / (2 + t) <= 1/3, by its series to s^13
+ * (relative error below 2e-8), so no cancellation for small t. */
+static inline float softplus_ps(float x) {
+    const float t = exp2_ps(-(x < 0.0f ? -x : x) * LOG2E), s = t / (2.0f + t), s2 = s * s;
+    float q = 1.0f / 13.0f;
+    q = q * s2 + 1.0f / 11.0f;
+    q = q * s2 + 1.0f / 9.0f;
+    q = q * s2 + 1.0f / 7.0f;
+    q = q * s2 + 1.0f / 5.0f;
+    q = q * s2 + 1.0f / 3.0f;
+    q = q * s2 + 1.0f;
+    const float sp = (x > 0.0f ? x : 0.0f) + 2.0f * s * q;
+    return x > 20.0f ? x : sp;
+}
 
 #define W 16 /* channels per block: the blocks' loops have this constant length */
 
@@ -186,6 +205,12 @@ static void forward_rows(Job *j) {
             const float *restrict dl = j->delta + row * Di, *restrict uu = j->u + row * Di;
             const float *restrict Bt = j->Bm + row * N, *restrict Ct = j->Cm + row * N;
             float *restrict yy = j->y + row * Di;
+            if (j->dsave) { /* delta = softplus(the input), kept for the backward */
+                float *restrict ds = j->dsave + row * Di;
+#pragma omp simd
+                for (i64 d = 0; d < Di; d++) ds[d] = softplus_ps(dl[d]);
+                dl = ds;
+            }
             if (j->starts && t % K == 0)
                 memcpy(j->starts + ((t / K) * B + b) * N * Di, h, sizeof(float) * N * Di);
 #pragma omp simd
@@ -269,6 +294,11 @@ static void backward_rows(Job *j) {
                     else ADJOINT(Di - d);
 #undef ADJOINT
                 }
+                if (j->draw) { /* delta = softplus(x): dL/dx = dL/ddelta sigmoid(x) */
+                    const float *restrict x = j->draw + row * Di;
+#pragma omp simd
+                    for (i64 d = 0; d < Di; d++) gdt[d] *= sigmoid_ps(x[d]);
+                }
                 float *restrict gBt = j->gB + row * N, *restrict gCt = j->gC + row * N;
                 for (i64 n = 0; n < N; n++) { /* the lanes' sums */
                     float gb = 0.0f, gc = 0.0f;
@@ -318,26 +348,30 @@ static int split_rows(const void *proto, size_t size, i64 B, int threads, void *
 }
 
 /* z (NULL: no gate) gates the output: y silu(z); ysave (NULL where the backward will not
- * run) receives y before the gate. */
+ * run) receives y before the gate. dsave (NULL: delta as given) receives softplus(delta), the
+ * delta the scan then uses, as mamba-ssm's delta_softplus. */
 int s6_forward(const float *u, const float *delta, const float *A_t, const float *Bm,
                const float *Cm, const float *D, const float *z, float *y, float *ysave,
-               float *starts, i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
+               float *dsave, float *starts, i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
     Job job = {0};
     job.u = u; job.delta = delta; job.A = A_t; job.Bm = Bm; job.Cm = Cm; job.D = D; job.z = z;
-    job.y = y; job.ysave = ysave; job.starts = starts;
+    job.y = y; job.ysave = ysave; job.dsave = dsave; job.starts = starts;
     job.T = T; job.B = B; job.Di = Di; job.N = N; job.K = K;
     return split_rows(&job, sizeof job, B, threads, forward_worker);
 }
 
-/* z, ysave: the forward's (z NULL: no gate; else gz receives dL/dz); gA_b [B, N, Di] and
- * gD_b [B, Di]: scratch for the per-row sums, reduced into gA, gD. */
-int s6_backward(const float *u, const float *delta, const float *A_t, const float *Bm,
-                const float *Cm, const float *D, const float *z, const float *ysave,
-                const float *starts, const float *gy, float *gu, float *gdelta, float *gA,
-                float *gB, float *gC, float *gD, float *gz, float *gA_b, float *gD_b,
-                i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
+/* delta: the delta the forward's scan used (its dsave where it took the softplus, and then
+ * draw its input, so that gdelta is the gradient of that input; else draw NULL); z, ysave: the
+ * forward's (z NULL: no gate; else gz receives dL/dz); gA_b [B, N, Di] and gD_b [B, Di]:
+ * scratch for the per-row sums, reduced into gA, gD. */
+int s6_backward(const float *u, const float *delta, const float *draw, const float *A_t,
+                const float *Bm, const float *Cm, const float *D, const float *z,
+                const float *ysave, const float *starts, const float *gy, float *gu,
+                float *gdelta, float *gA, float *gB, float *gC, float *gD, float *gz,
+                float *gA_b, float *gD_b, i64 T, i64 B, i64 Di, i64 N, i64 K, int threads) {
     Job job = {0};
-    job.u = u; job.delta = delta; job.A = A_t; job.Bm = Bm; job.Cm = Cm; job.D = D; job.z = z;
+    job.u = u; job.delta = delta; job.draw = draw; job.A = A_t; job.Bm = Bm; job.Cm = Cm;
+    job.D = D; job.z = z;
     job.ysave = (float *)ysave; job.starts = (float *)starts; job.gy = gy; job.gz = gz;
     job.gu = gu; job.gdelta = gdelta; job.gA_b = gA_b; job.gB = gB; job.gC = gC; job.gD_b = gD_b;
     job.T = T; job.B = B; job.Di = Di; job.N = N; job.K = K;
@@ -368,8 +402,6 @@ typedef struct {
     float *y, *pre_out, *gu, *gw_b, *gb_b;
     i64 T, B, C, k, su_t, su_b;
 } ConvJob;
-
-static inline float sigmoid_ps(float x) { return 1.0f / (1.0f + exp2_ps(-x * LOG2E)); }
 
 static void conv_forward_rows(ConvJob *j) {
     const i64 T = j->T, B = j->B, C = j->C, k = j->k;

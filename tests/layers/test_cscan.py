@@ -57,31 +57,35 @@ def torch_scan(*args):
     return selective_scan(*args, compiled=False)
 
 
-def gated(scan):
-    """``scan`` with the gate: its output times silu(z), z a seventh input like u."""
+def variant(scan, softplus: bool = False):
+    """``scan`` with the gate (its output times silu(z), z a seventh input like u) and, with
+    ``softplus``, delta = softplus(delta - 3) (negative inputs too)."""
     def run(u, delta, A, Bm, Cm, D, z):
         if scan is s6_loop:
+            delta = torch.nn.functional.softplus(delta.double() - 3) if softplus else delta
             return scan(u, delta, A, Bm, Cm, D) * torch.nn.functional.silu(z.double())
-        return selective_scan(u, delta, A, Bm, Cm, D, z=z, compiled=scan is compiled)
-    run.__name__ = f"gated {scan.__name__}"
+        return selective_scan(u, delta - 3 if softplus else delta, A, Bm, Cm, D, z=z,
+                              delta_softplus=softplus, compiled=scan is compiled)
+    run.__name__ = f"{scan.__name__} with the gate{' and softplus' if softplus else ''}"
     return run
 
 
 @needs_build
-@pytest.mark.parametrize("gate", [False, True], ids=["", "gate"])
+@pytest.mark.parametrize("options", ["", "gate", "gate+softplus"])
 @pytest.mark.parametrize("delta_max", [2.0, 25.0], ids=["decay", "strong-decay"])
 @pytest.mark.parametrize("T,B,Di,N", [(63, 3, 8, 5), (100, 2, 20, 16), (1000, 2, 8, 4)])
-def test_compiled_matches_torch_scan_and_loop(T, B, Di, N, delta_max, gate):
+def test_compiled_matches_torch_scan_and_loop(T, B, Di, N, delta_max, options):
     """Output and the six input gradients (seven with the gate z) against the pure-torch scan
     (fp32) and the loop (float64); Di = 8 and 20 leave partial vectors; strong decay: per-step
-    log decays down to -100 (exp(delta A) = 0 in fp32)."""
+    log decays down to -100 (exp(delta A) = 0 in fp32); mamba-ssm's gate and delta softplus."""
     args, names = s6_inputs(B, T, Di, N, delta_max), list(NAMES)
     fast, refs = compiled, (torch_scan, s6_loop)
-    if gate:
+    if options:
         args.append((3 * torch.randn(B, T, Di, generator=torch.Generator().manual_seed(2)))
                     .requires_grad_())
         names.append("z")
-        fast, refs = gated(fast), [gated(r) for r in refs]
+        softplus = options == "gate+softplus"
+        fast, refs = variant(fast, softplus), [variant(r, softplus) for r in refs]
     assert "_CompiledScanBackward" in _grad_fns(fast(*args))
     fast = output_and_grads(fast, args)
     for ref in refs:
@@ -110,7 +114,7 @@ def test_compiled_bit_identical_across_threads(T):
         runs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            runs.append(output_and_grads(gated(compiled), args))
+            runs.append(output_and_grads(variant(compiled, softplus=True), args))
     finally:
         torch.set_num_threads(before)
     for name, a, b in zip(["output", *NAMES, "z"], *runs):
