@@ -23,7 +23,7 @@
  *   dL/d(delta u)_t = sum_n B_t g_t,  dL/dB_t = sum_d (delta u)_t g_t,  dL/dC_t = sum_d gy_t h_t,
  *   dL/ddelta_t = sum_n A R_t + u_t dL/d(delta u)_t,  dL/du_t = delta_t dL/d(delta u)_t + D gy_t,
  *   dL/dA = sum_(b, t) delta_t R_t,  dL/dD = sum_(b, t) gy_t u_t.
- * Threads (pthreads) split the batch rows; dA and dD are kept per b ([B, N, Di], [B, Di]) and
+ * Threads (pthreads) share out the batch rows; dA and dD are kept per b ([B, N, Di], [B, Di]) and
  * summed over b in a fixed order afterwards, so the results are bit-identical for any number of
  * threads. Every function returns 0, or -1 when memory could not be allocated.
  */
@@ -66,12 +66,16 @@ static float *alloc_floats(i64 n) {
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
-/* A worker's batch rows [b0, b1), and whether it could not allocate its buffers: the first
- * member of each kernel's job, so that split_rows can hand them out. */
+/* The batch rows the workers share: each takes the next row not yet taken (*next, counting up
+ * to B), so a worker whose core is busy (torch's OpenMP threads spin there for a while after
+ * each parallel op) takes fewer; failed: a worker could not allocate its buffers. The first
+ * member of each kernel's job, so that split_rows can set it. */
 typedef struct {
-    i64 b0, b1;
+    i64 *next, B;
     int failed;
 } Rows;
+
+static inline i64 next_row(Rows *r) { return __atomic_fetch_add(r->next, 1, __ATOMIC_RELAXED); }
 
 typedef struct {
     Rows rows;
@@ -198,7 +202,7 @@ static void forward_rows(Job *j) {
     float *h = alloc_floats((N + 2) * Di + 16);  /* the state [N, Di]; a step's du, delta log2(e) */
     if (!h) { j->rows.failed = 1; return; }
     float *restrict du = h + N * Di, *restrict dl2 = du + Di + 16;
-    for (i64 b = j->rows.b0; b < j->rows.b1; b++) {
+    for (i64 b; (b = next_row(&j->rows)) < j->rows.B;) {
         memset(h, 0, sizeof(float) * N * Di);
         for (i64 t = 0; t < T; t++) {
             const i64 row = t * B + b;
@@ -247,7 +251,7 @@ static void backward_rows(Job *j) {
     if (!buf) { j->rows.failed = 1; return; }
     float *restrict H = buf, *restrict E = H + (K + 1) * S, *restrict p = E + K * S;
     float *restrict pb = p + S, *restrict pc = pb + N * W, *restrict gyg = pc + N * W;
-    for (i64 b = j->rows.b0; b < j->rows.b1; b++) {
+    for (i64 b; (b = next_row(&j->rows)) < j->rows.B;) {
         float *restrict gA = j->gA_b + b * S, *restrict gD = j->gD_b + b * Di;
         memset(gA, 0, sizeof(float) * S);
         memset(gD, 0, sizeof(float) * Di);
@@ -319,19 +323,20 @@ static void backward_rows(Job *j) {
 static void *forward_worker(void *arg) { forward_rows((Job *)arg); return NULL; }
 static void *backward_worker(void *arg) { backward_rows((Job *)arg); return NULL; }
 
-/* Run `entry` over the batch rows of the job `proto` (`size` bytes, Rows first) in up to
- * `threads` contiguous ranges, one per thread, the calling thread taking the first; a thread
- * that cannot start has its rows run here. */
+/* Run `entry` over the batch rows of the job `proto` (`size` bytes, Rows first) on up to
+ * `threads` threads, the calling thread one of them; they share the rows (next_row), and a
+ * thread that cannot start leaves them to the others. */
 static int split_rows(const void *proto, size_t size, i64 B, int threads, void *(*entry)(void *)) {
     const i64 n = threads < 1 || B < 1 ? 1 : (threads > B ? B : threads);
+    i64 next = 0;
     char *jobs = calloc((size_t)n, size);
     pthread_t *ids = calloc((size_t)n, sizeof(pthread_t));
     char *started = calloc((size_t)n, 1);
     if (!jobs || !ids || !started) { free(jobs); free(ids); free(started); return -1; }
     for (i64 i = 0; i < n; i++) {
         Rows *r = (Rows *)memcpy(jobs + i * size, proto, size);
-        r->b0 = B * i / n;
-        r->b1 = B * (i + 1) / n;
+        r->next = &next;
+        r->B = B;
         r->failed = 0;
     }
     for (i64 i = 1; i < n; i++)
@@ -340,7 +345,6 @@ static int split_rows(const void *proto, size_t size, i64 B, int threads, void *
     int failed = ((Rows *)jobs)->failed;
     for (i64 i = 1; i < n; i++) {
         if (started[i]) pthread_join(ids[i], NULL);
-        else entry(jobs + i * size);
         failed |= ((Rows *)(jobs + i * size))->failed;
     }
     free(jobs); free(ids); free(started);
@@ -394,7 +398,7 @@ int s6_backward(const float *u, const float *delta, const float *draw, const flo
  * pre[t, b] = bias + sum_s w[k - 1 - s] u[t - s, b] (s < k, t - s >= 0), y = silu(pre).
  * u is [T, B, C] with its channels contiguous and strides su_t, su_b (a view of the input
  * projection's output); pre, y, gy, gu contiguous [T, B, C]; the taps transposed, w [k, C];
- * bias [C] or NULL. Threads split the batch rows as the scan's do; the taps' and the bias'
+ * bias [C] or NULL. Threads share out the batch rows as the scan's do; the taps' and the bias'
  * gradients are kept per row and summed in a fixed order. */
 typedef struct {
     Rows rows;
@@ -405,7 +409,7 @@ typedef struct {
 
 static void conv_forward_rows(ConvJob *j) {
     const i64 T = j->T, B = j->B, C = j->C, k = j->k;
-    for (i64 b = j->rows.b0; b < j->rows.b1; b++)
+    for (i64 b; (b = next_row(&j->rows)) < j->rows.B;)
         for (i64 t = 0; t < T; t++) {
             float *restrict pre = j->pre_out + (t * B + b) * C;
             float *restrict y = j->y + (t * B + b) * C;
@@ -426,7 +430,7 @@ static void conv_backward_rows(ConvJob *j) {
     const i64 T = j->T, B = j->B, C = j->C, k = j->k;
     float *g = alloc_floats(T * C); /* dL/dpre for this row, all t */
     if (!g) { j->rows.failed = 1; return; }
-    for (i64 b = j->rows.b0; b < j->rows.b1; b++) {
+    for (i64 b; (b = next_row(&j->rows)) < j->rows.B;) {
         float *restrict gw = j->gw_b + b * k * C, *restrict gb = j->gb_b + b * C; /* [k, C], [C] */
         memset(gw, 0, sizeof(float) * k * C);
         memset(gb, 0, sizeof(float) * C);
