@@ -26,7 +26,8 @@ pure torch where it cannot build); on CUDA with ``mamba-ssm`` installed, its
 own). Speed: the scan's cost is a few elementwise ops per step over the whole
 ``[B, d_state, D_in]`` state (its decay differs per state channel and channel, so no chunk of
 it is a matrix product, unlike Mamba-2's scalar decay), which the C scan does in one pass per
-step instead of torch's op-by-op; see benchmarks/step.md. ``step`` keeps the last ``d_conv`` conv inputs and the SSM state.
+step instead of torch's op-by-op; see benchmarks/step.md. ``step`` keeps the last ``d_conv``
+conv inputs and the SSM state.
 ``operator`` is per channel ``[B, D_in, T, T]``, ``T_ij = C_i . (prod_{m=j+1..i}
 exp(Delta_m A)) Delta_j B_j`` plus ``D`` on the diagonal (the skip), applied to ``u`` *after*
 the short conv; the conv itself is outside the operator.
