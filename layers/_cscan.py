@@ -58,6 +58,18 @@ def _isa_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
+def _openmp_flags() -> list[str]:
+    """``-fopenmp`` where torch runs its parallel ops on libgomp (loaded in this process): the
+    library then needs ``libgomp.so.1``, which the loader resolves to that same loaded copy, so
+    the scan's threads are torch's own OpenMP workers. Elsewhere (Intel OpenMP, no OpenMP, no
+    ``/proc``) none, and the scan starts pthreads."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    return ["-fopenmp"] if "libgomp" in maps else []
+
+
 def _cache_dir() -> Path:
     if os.environ.get("ZOO_KERNEL_CACHE"):
         return Path(os.environ["ZOO_KERNEL_CACHE"])
@@ -66,11 +78,23 @@ def _cache_dir() -> Path:
 
 
 def _build() -> Path:
-    """The shared object, compiled now unless the cache has it; raises with the reason."""
+    """The shared object, compiled now unless the cache has it; raises with the reason. With
+    OpenMP where ``_openmp_flags`` asks for it and the compiler can, else with pthreads."""
     cc = os.environ.get("ZOO_CC", "cc")
     if cc.strip().lower() in ("", "none", "0", "off"):
         raise RuntimeError(f"ZOO_CC={cc!r} turns the compiled scan off")
-    flags = FLAGS + _isa_flags()
+    omp = _openmp_flags()
+    try:
+        return _compile(cc, FLAGS + _isa_flags() + omp)
+    except RuntimeError:
+        if not omp:
+            raise
+        return _compile(cc, FLAGS + _isa_flags())
+
+
+def _compile(cc: str, flags: list[str]) -> Path:
+    """``SOURCE`` compiled by ``cc`` with ``flags`` into the cache, under a name hashing all
+    three (unless it is there already)."""
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode()]))
     target = _cache_dir() / f"selective_scan-{key.hexdigest()[:16]}.so"
     if target.exists():

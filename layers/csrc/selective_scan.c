@@ -23,11 +23,19 @@
  *   dL/d(delta u)_t = sum_n B_t g_t,  dL/dB_t = sum_d (delta u)_t g_t,  dL/dC_t = sum_d gy_t h_t,
  *   dL/ddelta_t = sum_n A R_t + u_t dL/d(delta u)_t,  dL/du_t = delta_t dL/d(delta u)_t + D gy_t,
  *   dL/dA = sum_(b, t) delta_t R_t,  dL/dD = sum_(b, t) gy_t u_t.
- * Threads (pthreads) share out the batch rows; dA and dD are kept per b ([B, N, Di], [B, Di]) and
- * summed over b in a fixed order afterwards, so the results are bit-identical for any number of
- * threads. Every function returns 0, or -1 when memory could not be allocated.
+ * Threads share out the batch rows; dA and dD are kept per b ([B, N, Di], [B, Di]) and summed
+ * over b in a fixed order afterwards, so the results are bit-identical for any number of
+ * threads. Built with -fopenmp (layers/_cscan.py does where torch runs on libgomp), the threads
+ * are an OpenMP team from the libgomp torch has loaded: the workers torch's own parallel ops
+ * leave spinning pick the rows up at once, where a thread of our own would wait for that core
+ * (with pthreads the scan ran no faster on 2 threads than on 1). Without OpenMP, pthreads.
+ * Every function returns 0, or -1 when memory could not be allocated.
  */
+#ifdef _OPENMP
+#include <omp.h>
+#else
 #include <pthread.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,20 +333,31 @@ static void *backward_worker(void *arg) { backward_rows((Job *)arg); return NULL
 
 /* Run `entry` over the batch rows of the job `proto` (`size` bytes, Rows first) on up to
  * `threads` threads, the calling thread one of them; they share the rows (next_row), and a
- * thread that cannot start leaves them to the others. */
+ * thread that does not start (a smaller team, a failed pthread_create) leaves them to the
+ * others. */
 static int split_rows(const void *proto, size_t size, i64 B, int threads, void *(*entry)(void *)) {
     const i64 n = threads < 1 || B < 1 ? 1 : (threads > B ? B : threads);
     i64 next = 0;
     char *jobs = calloc((size_t)n, size);
-    pthread_t *ids = calloc((size_t)n, sizeof(pthread_t));
-    char *started = calloc((size_t)n, 1);
-    if (!jobs || !ids || !started) { free(jobs); free(ids); free(started); return -1; }
+    if (!jobs) return -1;
     for (i64 i = 0; i < n; i++) {
         Rows *r = (Rows *)memcpy(jobs + i * size, proto, size);
         r->next = &next;
         r->B = B;
         r->failed = 0;
     }
+#ifdef _OPENMP
+#pragma omp parallel num_threads((int)n)
+    {
+        const i64 i = omp_get_thread_num();
+        if (i < n) entry(jobs + i * size);
+    }
+    int failed = 0;
+    for (i64 i = 0; i < n; i++) failed |= ((Rows *)(jobs + i * size))->failed;
+#else
+    pthread_t *ids = calloc((size_t)n, sizeof(pthread_t));
+    char *started = calloc((size_t)n, 1);
+    if (!ids || !started) { free(jobs); free(ids); free(started); return -1; }
     for (i64 i = 1; i < n; i++)
         started[i] = pthread_create(&ids[i], NULL, entry, jobs + i * size) == 0;
     entry(jobs);
@@ -347,7 +366,9 @@ static int split_rows(const void *proto, size_t size, i64 B, int threads, void *
         if (started[i]) pthread_join(ids[i], NULL);
         failed |= ((Rows *)(jobs + i * size))->failed;
     }
-    free(jobs); free(ids); free(started);
+    free(ids); free(started);
+#endif
+    free(jobs);
     return failed ? -1 : 0;
 }
 

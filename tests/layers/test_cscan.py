@@ -1,8 +1,8 @@
 """Mamba's S6 scan and short convolution compiled from C (layers/_cscan.py,
 layers/csrc/selective_scan.c) against the pure-torch ones and the loop references, on the output
 and every gradient (odd lengths, strong decay, channel counts that leave vector tails),
-bit-identical for 1 and 2 threads, through the Mamba layer, and the fallback to pure torch when
-no compiler is available."""
+bit-identical for 1 and 2 threads, through the Mamba layer, the fallback to pure torch when
+no compiler is available, and the OpenMP build (torch's libgomp) against the pthreads one."""
 
 import warnings
 
@@ -273,5 +273,56 @@ def test_build_is_cached_under_a_hash(monkeypatch, tmp_path):
         assert len(built) == 1
         assert built[0].startswith("selective_scan-") and built[0].endswith(".so")
         assert _cscan._build().name == built[0]  # found, not rebuilt
+    finally:
+        _cscan.library.cache_clear()
+
+
+def _libgomp_paths() -> set[str]:
+    try:
+        maps = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in maps if "libgomp" in line}
+
+
+@needs_build
+@pytest.mark.skipif(not _libgomp_paths(), reason="torch does not run on libgomp here")
+def test_openmp_build_runs_on_torchs_own_libgomp():
+    """Where torch runs on libgomp the library is built with -fopenmp, and loading it maps no
+    second OpenMP runtime: its threads are torch's workers."""
+    before = _libgomp_paths()
+    assert "-fopenmp" in _cscan._openmp_flags()
+    lib = _cscan.library()
+    assert lib is not None and b"GOMP_parallel" in open(lib._name, "rb").read()
+    assert _libgomp_paths() == before and len(before) == 1
+
+
+@needs_build
+def test_pthreads_build_when_openmp_does_not_compile_gives_the_same_bits(monkeypatch, tmp_path):
+    """A compiler that rejects the OpenMP flag: the library is built again without it
+    (pthreads), and its scan and convolution on 2 threads give the OpenMP build's bits."""
+    args = [*s6_inputs(5, 63, 24, 7, seed=3), torch.randn(5, 63, 24).requires_grad_()]
+    u, w, b = conv_inputs(11)
+    before = torch.get_num_threads()
+
+    def run() -> list[torch.Tensor]:
+        torch.set_num_threads(2)
+        try:
+            return (output_and_grads(variant(compiled, softplus=True), args)
+                    + output_and_grads(lambda *_: _cscan.CausalConv.apply(u[..., :20], w, b),
+                                       [u, w, b]))
+        finally:
+            torch.set_num_threads(before)
+
+    default = run()
+    monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(_cscan, "_openmp_flags", lambda: ["-fno-such-openmp-flag"])
+    _cscan.library.cache_clear()
+    try:
+        lib = _cscan.library()
+        assert lib is not None and b"GOMP_parallel" not in open(lib._name, "rb").read()
+        assert len(list(tmp_path.glob("selective_scan-*.so"))) == 1
+        for i, (a, e) in enumerate(zip(run(), default)):
+            assert torch.equal(a, e), i
     finally:
         _cscan.library.cache_clear()
