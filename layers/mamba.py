@@ -159,7 +159,10 @@ class Mamba(SequenceMixer):
             return self._mamba_ssm(ops, *self._streams(x))
         u, z, dt, Bm, Cm = self._streams(x, time_major=True)
         # _discretise's softplus, the skip D u and the gate silu(z) inside the scan
-        y = selective_scan(u, self.dt_proj(dt).float(), -torch.exp(self.A_log.float()), Bm, Cm,
+        # dt_proj as dt @ W^T with W^T contiguous: its weight's gradient is then one product of
+        # [R, B T] by [B T, Di], where F.linear's [Di, B T] by [B T, R] ran at a few GFLOP/s
+        dt = torch.addmm(self.dt_proj.bias, dt.flatten(0, 1), self.dt_proj.weight.t().contiguous())
+        y = selective_scan(u, dt.view(*u.shape).float(), -torch.exp(self.A_log.float()), Bm, Cm,
                            self.D, z=z, delta_softplus=True, time_major=True,
                            compiled=self.use_kernels)
         return self.out_proj(y.to(self.out_proj.weight.dtype)).transpose(0, 1)  # [B, T, D]
