@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -32,14 +32,29 @@ def frontier_setting() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     return {"name": task, **knobs}, sizes, exp["model"]
 
 
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, sel: torch.Tensor, dev: torch.device) -> Callable[[], None]:
+    """One training step as ``zoo.module`` takes it: the head at the supervised positions only,
+    cross-entropy, backward, the optimiser's step."""
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        logits = model.head(model.hidden(x)[sel])
+        torch.nn.functional.cross_entropy(logits.float(), y[sel]).backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    return step
+
+
 def bench_step(names: Sequence[str] | None = None, d_model: int = 64, repeats: int = 10,
                device: str = "cpu", base: str = "attention") -> list[str]:
     """One training step of the recall frontier per mixer, where its sweeps spend their time:
     a ``Backbone`` with the frontier's model options (2 layers, no channel mixer) and the
     mixer's ``configs/layer`` options, one batch of its task (MQAR, vocabulary 8,192, T = 64,
     batch 64), forward, cross-entropy at the supervised positions, backward, AdamW step (the
-    optimiser settings of ``configs/optim/adamw.yaml``). Best of ``repeats`` after three
-    warm-up steps, and each mixer's time over ``base``'s, measured in the same run."""
+    optimiser settings of ``configs/optim/adamw.yaml``). Three warm-up steps each, then
+    ``repeats`` rounds of one step of every mixer in turn; the best of its rounds, and each
+    mixer's time over ``base``'s, measured in the same run."""
     from ..labels import layer_defaults
     from ..model import Backbone, param_groups
 
@@ -51,27 +66,27 @@ def bench_step(names: Sequence[str] | None = None, d_model: int = 64, repeats: i
     optim = _config("optim/adamw.yaml")
     knobs = ", ".join(f"{k}={v}" for k, v in sorted(task_cfg.items()) if k != "name")
     rows = [f"{task_cfg['name']} ({knobs}), batch {sizes['batch_size']}, d_model={d_model}, "
-            f"model {model_cfg}; best of {repeats} steps after 3 warm-up steps.", "",
+            f"model {model_cfg}; best of {repeats} steps after 3 warm-up steps, the mixers "
+            "interleaved (one step of each per round).", "",
             f"| mixer | ms / step | / {base} |", "|---|---|---|"]
     names = list(names or layers.names())
-    times: dict[str, float] = {}
+    steps = {}
     for name in ([base] if base not in names else []) + names:
         torch.manual_seed(0)
         model = Backbone(task.vocab_size, d_model=d_model, pattern=name,
                          mixer_options={name: layer_defaults(name) or {}}, **model_cfg).to(dev)
         opt = torch.optim.AdamW(param_groups(model, optim["weight_decay"]), lr=optim["lr"],
                                 betas=tuple(optim["betas"]), eps=optim["eps"])
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            logits = model.head(model.hidden(x)[sel])  # supervised positions only, as zoo.module
-            torch.nn.functional.cross_entropy(logits.float(), y[sel]).backward()
-            opt.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
+        steps[name] = _train_step(model, opt, x, y, sel, dev)
         for _ in range(3):
-            step()
-        times[name] = best_of(step, repeats)
+            steps[name]()
+    # Interleaved: each round times one step of every mixer, so a slow spell of the machine
+    # (another tenant, a core taken away for seconds) falls on all of them, not on one mixer's
+    # whole series; then the best of the rounds.
+    times = {name: float("inf") for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name] = min(times[name], best_of(step, 1))
     rows += [f"| {name} | {times[name] * 1e3:,.1f} | {times[name] / times[base]:.2f} |"
              for name in names]
     return rows
