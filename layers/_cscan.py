@@ -129,8 +129,8 @@ def library() -> ctypes.CDLL | None:
     p, i64 = ctypes.c_void_p, ctypes.c_longlong
     lib.s6_forward.argtypes = [p] * 11 + [i64] * 5 + [ctypes.c_int]
     lib.s6_backward.argtypes = [p] * 20 + [i64] * 5 + [ctypes.c_int]
-    lib.conv_forward.argtypes = [p] * 5 + [i64] * 6 + [ctypes.c_int]
-    lib.conv_backward.argtypes = [p] * 9 + [i64] * 6 + [ctypes.c_int]
+    lib.conv_forward.argtypes = [p] * 5 + [i64] * 8 + [ctypes.c_int]
+    lib.conv_backward.argtypes = [p] * 9 + [i64] * 8 + [ctypes.c_int]
     for f in (lib.s6_forward, lib.s6_backward, lib.conv_forward, lib.conv_backward):
         f.restype = ctypes.c_int
     return lib
@@ -196,9 +196,10 @@ class _CompiledScan(torch.autograd.Function):
 class CausalConv:
     """``_shortconv._CausalConv`` with the compiled path: ``CausalConv.apply(u, w, b)`` is
     ``silu(conv_causal(u))`` over time-major ``u [T, B, C]`` (channels contiguous, any strides
-    otherwise: a view of the input projection's output is read in place), taps ``w [C, k]``,
-    bias ``b [C]`` or None; compiled from C for fp32 CPU tensors where the library builds, else
-    ``_CausalConv`` itself."""
+    otherwise: a view of the input projection's output is read in place, and a transposed
+    ``[B, T, C]`` gives a transposed ``[B, T, C]`` back), taps ``w [C, k]``, bias ``b [C]`` or
+    None; compiled from C for fp32 CPU tensors where the library builds, else ``_CausalConv``
+    itself."""
 
     @staticmethod
     def apply(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -208,6 +209,23 @@ class CausalConv:
         return _CausalConv.apply(u, w, b)
 
 
+def _layout_of(u: torch.Tensor) -> tuple[int, int, int, bool]:
+    """``[T, B, C]`` and whether u's rows are batch-major in memory (a transposed
+    ``[B, T, C]``): the outputs take that layout, as ``_CausalConv``'s do."""
+    T, B, C = u.shape
+    return T, B, C, u.stride(1) > u.stride(0) and T > 1
+
+
+def _empty(T: int, B: int, C: int, batch_major: bool) -> torch.Tensor:
+    """An uninitialised ``[T, B, C]``, contiguous in ``[B, T, C]`` order if ``batch_major``."""
+    return torch.empty(B, T, C).transpose(0, 1) if batch_major else torch.empty(T, B, C)
+
+
+def _as_layout(g: torch.Tensor, batch_major: bool) -> torch.Tensor:
+    """``g [T, B, C]`` with its memory in the given order (copied only where it is not)."""
+    return g.transpose(0, 1).contiguous().transpose(0, 1) if batch_major else g.contiguous()
+
+
 class _CompiledConv(torch.autograd.Function):
     """``CausalConv`` in C: the taps' products in the order ``_CausalConv`` adds them, the
     taps' and bias' gradients summed per batch row, then over rows in a fixed order."""
@@ -215,13 +233,14 @@ class _CompiledConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, w: torch.Tensor,
                 b: torch.Tensor | None) -> torch.Tensor:
-        (T, B, C), k = u.shape, w.shape[1]
+        (T, B, C, batch_major), k = _layout_of(u), w.shape[1]
         wt = w.t().contiguous()  # [k, C]: a tap's weights contiguous
-        pre, y = torch.empty(T, B, C), torch.empty(T, B, C)
+        pre, y = _empty(T, B, C, batch_major), _empty(T, B, C, batch_major)
         if T * B:
             _check(library().conv_forward(*map(_ptr, (u, wt, b, pre, y)), T, B, C, k,
-                                          u.stride(0), u.stride(1), torch.get_num_threads()))
-        ctx.has_bias = b is not None
+                                          u.stride(0), u.stride(1), y.stride(0), y.stride(1),
+                                          torch.get_num_threads()))
+        ctx.has_bias, ctx.batch_major = b is not None, batch_major
         ctx.save_for_backward(u, wt, pre)
         return y
 
@@ -229,14 +248,14 @@ class _CompiledConv(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, wt, pre = ctx.saved_tensors
         (T, B, C), k = u.shape, wt.shape[0]
-        gy = gy.float().contiguous()
-        gu, gwt = torch.empty(T, B, C), torch.zeros(k, C)
+        gy = _as_layout(gy.float(), ctx.batch_major)
+        gu, gwt = _empty(T, B, C, ctx.batch_major), torch.zeros(k, C)
         gb = torch.zeros(C) if ctx.has_bias else None
         if T * B:
             scratch = torch.empty(B, k, C), torch.empty(B, C)  # per-row sums, then over rows
             _check(library().conv_backward(*map(_ptr, (u, wt, pre, gy, gu, gwt, gb, *scratch)),
-                                           T, B, C, k, u.stride(0), u.stride(1),
-                                           torch.get_num_threads()))
+                                           T, B, C, k, u.stride(0), u.stride(1), gu.stride(0),
+                                           gu.stride(1), torch.get_num_threads()))
         return gu, gwt.t(), gb
 
 

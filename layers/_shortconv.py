@@ -13,7 +13,9 @@ projections and this convolution on that window (see ``window``): without biases
 projections, the zero inputs before the start project to the zero padding of the convolution.
 
 ``_CausalConv`` (also ``mamba``'s and ``mamba2``'s convolution) computes it as shifted
-multiply-adds over the time axis with a hand-written backward, channels the contiguous axis.
+multiply-adds over the time axis with a hand-written backward, channels the contiguous axis;
+with ``compiled`` (the owner's ``use_kernels``), fp32 CPU tensors take the same computation
+compiled from C (``_cscan.CausalConv``, mamba's; ``_CausalConv`` where it does not build).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from torch import nn
 
 
 class ShortConv(nn.Module):
-    def __init__(self, channels: int, kernel_size: int, owner: str) -> None:
+    def __init__(self, channels: int, kernel_size: int, owner: str,
+                 compiled: bool = True) -> None:
         super().__init__()
+        self.compiled = compiled
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 0:
             raise ValueError(f"{owner}: short_conv must be an int >= 0 (0: none), got "
                              f"short_conv={kernel_size!r}")
@@ -41,7 +45,8 @@ class ShortConv(nn.Module):
         its depthwise backward took 9 of deltanet's 56 ms at the recall frontier's shape)."""
         if self.conv is None:
             return z
-        return _CausalConv.apply(z.transpose(0, 1), self.conv.weight[:, 0, :], None).transpose(0, 1)
+        conv = compiled_conv() if self.compiled else _CausalConv
+        return conv.apply(z.transpose(0, 1), self.conv.weight[:, 0, :], None).transpose(0, 1)
 
     def state_size(self, d_model: int) -> int:
         """Floats the step keeps: the last ``kernel_size - 1`` inputs of width ``d_model``."""
@@ -59,6 +64,13 @@ class ShortConv(nn.Module):
         mixer runs its streams on the window and keeps the last position."""
         x = torch.cat([past, x_t[:, None, :].to(past.dtype)], 1)
         return x, x[:, 1:]
+
+
+def compiled_conv() -> Any:
+    """``_cscan.CausalConv``: ``_CausalConv``'s computation compiled from C for fp32 CPU
+    tensors, ``_CausalConv`` itself otherwise (imported here: ``_cscan`` imports this module)."""
+    from ._cscan import CausalConv
+    return CausalConv
 
 
 class _CausalConv(torch.autograd.Function):

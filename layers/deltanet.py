@@ -59,7 +59,8 @@ class DeltaNet(SequenceMixer):
         output_gate: gate the normed output by ``silu(x W_g)``.
         chunk_size: tokens per chunk of the chunked form.
         norm_eps: epsilon of the per-head RMSNorm.
-        use_kernels: use fla's kernel on CUDA when it is installed.
+        use_kernels: use fla's kernel on CUDA when it is installed, and on the CPU the short
+            convolution compiled from C (``_cscan``; pure torch where it does not build).
     """
 
     gated = False
@@ -89,7 +90,7 @@ class DeltaNet(SequenceMixer):
         self.widths = [2 * key_dim + value_dim, num_heads, num_heads if self.gated else 0,
                        value_dim if output_gate else 0]
         self.proj = nn.Linear(d_model, sum(self.widths), bias=False)
-        self.short_conv = ShortConv(2 * key_dim + value_dim, short_conv, name)
+        self.short_conv = ShortConv(2 * key_dim + value_dim, short_conv, name, use_kernels)
         self.norm = nn.RMSNorm(self.dv, eps=norm_eps)
         self.out = nn.Linear(value_dim, d_model, bias=False)
 

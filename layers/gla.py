@@ -57,7 +57,8 @@ class GatedLinearAttention(SequenceMixer):
         chunk_size: tokens per chunk of the chunked form.
         norm_eps: epsilon of the per-head RMSNorm.
         short_conv: taps of the short causal convolution on q, k, v (0: none).
-        use_kernels: use fla's kernel on CUDA when it is installed.
+        use_kernels: use fla's kernel on CUDA when it is installed, and on the CPU the short
+            convolution compiled from C (``_cscan``; pure torch where it does not build).
     """
 
     def __init__(self, d_model: int, *, num_heads: int = 4,
@@ -84,7 +85,8 @@ class GatedLinearAttention(SequenceMixer):
             nn.Linear(gate_low_rank_dim, key_dim if gate == "vector" else num_heads, bias=True))
         self.norm = nn.RMSNorm(self.dv, eps=norm_eps)
         self.out = nn.Linear(value_dim, d_model, bias=False)
-        self.short_conv = ShortConv(2 * key_dim + value_dim, short_conv, "gla")  # q, k, v
+        self.short_conv = ShortConv(2 * key_dim + value_dim, short_conv, "gla",  # q, k, v
+                                    use_kernels)
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q (scaled), k ``[B, H, T, dk]``, v ``[B, H, T, dv]``, log alpha ``[B, H, T, dk|1]``

@@ -54,7 +54,8 @@ class LinearAttention(SequenceMixer):
         normalize: divide by ``phi(q_t) . z_t``, ``z_t`` the sum of ``phi(k_j)`` so far.
         chunk_size: tokens per chunk of the chunked form.
         short_conv: taps of the short causal convolution on q, k, v (0: none).
-        use_kernels: use fla's kernel on CUDA when it is installed.
+        use_kernels: use fla's kernel on CUDA when it is installed, and on the CPU the short
+            convolution compiled from C (``_cscan``; pure torch where it does not build).
     """
 
     def __init__(self, d_model: int, *, num_heads: int = 4,
@@ -72,7 +73,7 @@ class LinearAttention(SequenceMixer):
         self.normalize, self.chunk_size, self.use_kernels = normalize, chunk_size, use_kernels
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
-        self.short_conv = ShortConv(3 * d_model, short_conv, "linear_attn")
+        self.short_conv = ShortConv(3 * d_model, short_conv, "linear_attn", use_kernels)
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """phi(q), phi(k) ``[B, H, T, dk]`` and v ``[B, H, T, dv]``."""

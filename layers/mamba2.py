@@ -40,7 +40,7 @@ from torch import nn
 
 from ._dispatch import call_time_major, fp32, kernel_module
 from ._recurrence import causal_operator, chunked_ssd, naive_recurrence
-from ._shortconv import _CausalConv
+from ._shortconv import _CausalConv, compiled_conv
 from .registry import SequenceMixer, register
 
 
@@ -60,7 +60,8 @@ class Mamba2(SequenceMixer):
         conv_bias: a bias on the convolution.
         chunk_size: tokens per chunk of the chunked form.
         norm_eps: epsilon of the gated RMSNorm.
-        use_kernels: use fla's kernel on CUDA when it is installed.
+        use_kernels: use fla's kernel on CUDA when it is installed, and on the CPU the short
+            convolution compiled from C (``_cscan``; pure torch where it does not build).
     """
 
     def __init__(self, d_model: int, *, d_state: int = 16,
@@ -104,9 +105,11 @@ class Mamba2(SequenceMixer):
         """In fp32: C, B ``[B, T, N]``, x per head ``[B, T, H, P]``, dt and the log decay
         dt A ``[B, T, H]``; and the gate z ``[B, T, D_in]``."""
         z, xBC, dt = self.in_proj(x).split(self.widths, -1)
-        # the convolution's shifted taps keep xBC's [B, T, Di+2N] rows, as the kernel reads them
-        xBC = _CausalConv.apply(xBC.contiguous().transpose(0, 1), self.conv.weight[:, 0, :],
-                                self.conv.bias).transpose(0, 1)  # silu(conv)  [B, T, Di+2N]
+        # the convolution keeps xBC's [B, T, Di+2N] rows, as the kernel reads them (compiled
+        # from C with use_kernels on the CPU: it reads the strided view and writes whole rows)
+        conv = compiled_conv() if self.use_kernels else _CausalConv
+        xBC = conv.apply((xBC if self.use_kernels else xBC.contiguous()).transpose(0, 1),
+                         self.conv.weight[:, 0, :], self.conv.bias).transpose(0, 1)
         u, Bm, Cm = xBC.float().split([self.d_inner, self.d_state, self.d_state], -1)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # [B, T, H]
         u = u.unflatten(-1, (self.num_heads, self.head_dim))  # [B, T, H, P]

@@ -418,22 +418,24 @@ int s6_backward(const float *u, const float *delta, const float *draw, const flo
  * time-major (layers/_shortconv.py's _CausalConv, the same computation):
  * pre[t, b] = bias + sum_s w[k - 1 - s] u[t - s, b] (s < k, t - s >= 0), y = silu(pre).
  * u is [T, B, C] with its channels contiguous and strides su_t, su_b (a view of the input
- * projection's output); pre, y, gy, gu contiguous [T, B, C]; the taps transposed, w [k, C];
+ * projection's output); pre, y, gy, gu [T, B, C] with their channels contiguous and strides
+ * so_t, so_b (time-major as mamba's scan reads them, or a transposed [B, T, C]); the taps
+ * transposed, w [k, C];
  * bias [C] or NULL. Threads share out the batch rows as the scan's do; the taps' and the bias'
  * gradients are kept per row and summed in a fixed order. */
 typedef struct {
     Rows rows;
     const float *u, *w, *bias, *pre, *gy;
     float *y, *pre_out, *gu, *gw_b, *gb_b;
-    i64 T, B, C, k, su_t, su_b;
+    i64 T, B, C, k, su_t, su_b, so_t, so_b;
 } ConvJob;
 
 static void conv_forward_rows(ConvJob *j) {
     const i64 T = j->T, B = j->B, C = j->C, k = j->k;
     for (i64 b; (b = next_row(&j->rows)) < j->rows.B;)
         for (i64 t = 0; t < T; t++) {
-            float *restrict pre = j->pre_out + (t * B + b) * C;
-            float *restrict y = j->y + (t * B + b) * C;
+            float *restrict pre = j->pre_out + t * j->so_t + b * j->so_b;
+            float *restrict y = j->y + t * j->so_t + b * j->so_b;
 #pragma omp simd
             for (i64 c = 0; c < C; c++) pre[c] = j->bias ? j->bias[c] : 0.0f;
             for (i64 s = 0; s < k && s <= t; s++) {
@@ -456,8 +458,8 @@ static void conv_backward_rows(ConvJob *j) {
         memset(gw, 0, sizeof(float) * k * C);
         memset(gb, 0, sizeof(float) * C);
         for (i64 t = 0; t < T; t++) {
-            const float *restrict pre = j->pre + (t * B + b) * C;
-            const float *restrict gy = j->gy + (t * B + b) * C;
+            const float *restrict pre = j->pre + t * j->so_t + b * j->so_b;
+            const float *restrict gy = j->gy + t * j->so_t + b * j->so_b;
             float *restrict gt = g + t * C;
 #pragma omp simd
             for (i64 c = 0; c < C; c++) {
@@ -468,7 +470,7 @@ static void conv_backward_rows(ConvJob *j) {
         }
         for (i64 t = 0; t < T; t++) {
             const float *restrict ut = j->u + t * j->su_t + b * j->su_b;
-            float *restrict gu = j->gu + (t * B + b) * C;
+            float *restrict gu = j->gu + t * j->so_t + b * j->so_b;
 #pragma omp simd
             for (i64 c = 0; c < C; c++) gu[c] = 0.0f;
             for (i64 s = 0; s < k && t + s < T; s++) { /* u[t] feeds pre[t + s] through tap k-1-s */
@@ -489,10 +491,12 @@ static void *conv_forward_worker(void *arg) { conv_forward_rows((ConvJob *)arg);
 static void *conv_backward_worker(void *arg) { conv_backward_rows((ConvJob *)arg); return NULL; }
 
 int conv_forward(const float *u, const float *w, const float *bias, float *pre, float *y,
-                 i64 T, i64 B, i64 C, i64 k, i64 su_t, i64 su_b, int threads) {
+                 i64 T, i64 B, i64 C, i64 k, i64 su_t, i64 su_b, i64 so_t, i64 so_b,
+                 int threads) {
     ConvJob job = {0};
     job.u = u; job.w = w; job.bias = bias; job.pre_out = pre; job.y = y;
     job.T = T; job.B = B; job.C = C; job.k = k; job.su_t = su_t; job.su_b = su_b;
+    job.so_t = so_t; job.so_b = so_b;
     return split_rows(&job, sizeof job, B, threads, conv_forward_worker);
 }
 
@@ -500,10 +504,11 @@ int conv_forward(const float *u, const float *w, const float *bias, float *pre, 
  * per-row sums. */
 int conv_backward(const float *u, const float *w, const float *pre, const float *gy, float *gu,
                   float *gw, float *gb, float *gw_b, float *gb_b, i64 T, i64 B, i64 C, i64 k,
-                  i64 su_t, i64 su_b, int threads) {
+                  i64 su_t, i64 su_b, i64 so_t, i64 so_b, int threads) {
     ConvJob job = {0};
     job.u = u; job.w = w; job.pre = pre; job.gy = gy; job.gu = gu; job.gw_b = gw_b; job.gb_b = gb_b;
     job.T = T; job.B = B; job.C = C; job.k = k; job.su_t = su_t; job.su_b = su_b;
+    job.so_t = so_t; job.so_b = so_b;
     if (split_rows(&job, sizeof job, B, threads, conv_backward_worker)) return -1;
     memcpy(gw, gw_b, sizeof(float) * k * C);
     if (gb) memcpy(gb, gb_b, sizeof(float) * C);

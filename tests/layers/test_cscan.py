@@ -152,11 +152,39 @@ def test_mamba_compiled_path_matches_reference(T):
         assert_rel_close(a, b, 1e-5, what=f"{name}: compiled vs pure-torch mamba")
 
 
-def conv_inputs(T: int, B: int = 3, C: int = 20, k: int = 4, bias: bool = True):
+@needs_build
+@pytest.mark.parametrize("name,options", [
+    ("mamba2", {}), ("deltanet", {}), ("gated_deltanet", {}), ("gla", {"short_conv": 4}),
+    ("linear_attn", {"short_conv": 4})], ids=["mamba2", "deltanet", "gated_deltanet",
+                                                "gla+conv4", "linear_attn+conv4"])
+def test_short_convolutions_take_the_compiled_conv(name, options):
+    """Mamba-2's convolution and ShortConv (deltanet, gated_deltanet, gla, linear_attn) run the
+    compiled convolution with use_kernels on the CPU, and match the same layer with it off
+    (pure torch) on the output and every gradient, at an odd length."""
+    torch.manual_seed(0)
+    fast = layers.build(name, 32, **options).eval()
+    slow = layers.build(name, 32, **options, use_kernels=False).eval()
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 63, 32, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    assert "_CompiledConvBackward" in _grad_fns(fast(x))
+    assert "_CompiledConvBackward" not in _grad_fns(slow(x))
+    grads = [output_and_grads(lambda x, *_: layer(x), [x, *layer.parameters()])
+             for layer in (fast, slow)]
+    names = ["output", "x", *(n for n, _ in fast.named_parameters())]
+    for what, a, b in zip(names, *grads):
+        assert_rel_close(a, b, 1e-5, what=f"{what}: compiled vs pure-torch {name}")
+
+
+def conv_inputs(T: int, B: int = 3, C: int = 20, k: int = 4, bias: bool = True,
+                batch_major: bool = False):
     """u: the first half of a ``[T, B, 2C]`` tensor (a strided view, as Mamba's input projection
-    gives it), taps ``w [C, k]``, bias ``[C]`` or None."""
+    gives it; ``batch_major``: of a ``[B, T, 2C]`` one, transposed, as ShortConv and Mamba-2
+    pass theirs), taps ``w [C, k]``, bias ``[C]`` or None."""
     g = torch.Generator().manual_seed(T)
-    u = torch.randn(T, B, 2 * C, generator=g).requires_grad_()
+    if batch_major:
+        u = torch.randn(B, T, 2 * C, generator=g).requires_grad_().transpose(0, 1)
+    else:
+        u = torch.randn(T, B, 2 * C, generator=g).requires_grad_()
     w = torch.randn(C, k, generator=g).requires_grad_()
     b = torch.randn(C, generator=g).requires_grad_() if bias else None
     return u, w, b
@@ -172,18 +200,22 @@ def conv_loop(u, w, b):
 
 
 @needs_build
+@pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("T", [1, 3, 63, 100])
-def test_compiled_conv_matches_causal_conv_and_loop(T, bias):
+def test_compiled_conv_matches_causal_conv_and_loop(T, bias, batch_major):
     """The compiled short convolution against _CausalConv and F.conv1d (float64): output and
     the gradients of u, the taps and the bias; T = 1, 3 are shorter than the 4 taps; u is a
-    strided view, C = 20 leaves a partial vector."""
-    u, w, b = conv_inputs(T, bias=bias)
+    strided view (of a time-major or a batch-major tensor), C = 20 leaves a partial vector; the
+    output has u's layout, as _CausalConv's."""
+    u, w, b = conv_inputs(T, bias=bias, batch_major=batch_major)
     wrt = [t for t in (u, w, b) if t is not None]
 
     def run(conv):
         return lambda *_: conv(u[..., :20], w, b)
-    assert "_CompiledConvBackward" in _grad_fns(_cscan.CausalConv.apply(u[..., :20], w, b))
+    y = _cscan.CausalConv.apply(u[..., :20], w, b)
+    assert "_CompiledConvBackward" in _grad_fns(y)
+    assert y.stride() == _CausalConv.apply(u[..., :20], w, b).stride()
     fast = output_and_grads(run(_cscan.CausalConv.apply), wrt)
     for name, ref in (("_CausalConv", run(_CausalConv.apply)), ("F.conv1d", run(conv_loop))):
         for what, a, e in zip(["output", "u", "w", "b"], fast, output_and_grads(ref, wrt)):
@@ -191,8 +223,9 @@ def test_compiled_conv_matches_causal_conv_and_loop(T, bias):
 
 
 @needs_build
-def test_compiled_conv_bit_identical_across_threads():
-    u, w, b = conv_inputs(63, B=5)
+@pytest.mark.parametrize("batch_major", [False, True], ids=["time-major", "batch-major"])
+def test_compiled_conv_bit_identical_across_threads(batch_major):
+    u, w, b = conv_inputs(63, B=5, batch_major=batch_major)
     before = torch.get_num_threads()
     try:
         runs = []
