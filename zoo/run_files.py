@@ -1,6 +1,6 @@
 """A run's files outside its record: the lock on its config key (``exclusive``), its
-checkpoints (``resume_point``, ``drop_checkpoints``) and the directories it leaves
-(``prune_empty``, ``discard_run_dir``)."""
+checkpoints (``last_checkpoint``, ``resume_point``, ``drop_checkpoints``) and the directories it
+leaves (``prune_empty``, ``discard_run_dir``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 log = logging.getLogger("zoo.train")
 
@@ -38,12 +38,36 @@ def exclusive(path: Path) -> Iterator[str | None]:
         os.close(fd)
 
 
+LAST = "last.ckpt"
+
+
+def last_checkpoint(ckpt_dir: Path) -> Any:
+    """A Lightning callback writing ``ckpt_dir/last.ckpt`` after every validation of ``fit``
+    (to a temporary name, then renamed: a kill mid-write leaves the previous one whole), the
+    point a killed run resumes from. Lightning's own ``save_last`` writes it only when the
+    monitored metric improved, so a run on a plateau, killed, redid every step since its last
+    improvement (a frontier run at d 128 lost 17 minutes twice that way)."""
+    from lightning.pytorch.callbacks import Checkpoint
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    class LastCheckpoint(Checkpoint):  # a Checkpoint: Lightning runs it after ModelCheckpoint
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+                return
+            tmp = Path(ckpt_dir) / f".{LAST}.tmp"
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, Path(ckpt_dir) / LAST)
+
+    return LastCheckpoint()
+
+
 def resume_point(ckpt_dir: Path) -> tuple[str | None, int]:
     """``last.ckpt`` of an interrupted run and its step, or (None, 0) when there is none or it
     cannot be read (a kill while it was being written): then the run starts afresh."""
     import torch
 
-    last = ckpt_dir / "last.ckpt"
+    last = ckpt_dir / LAST
     if not last.exists():
         return None, 0
     try:
@@ -57,7 +81,7 @@ def resume_point(ckpt_dir: Path) -> tuple[str | None, int]:
 def drop_checkpoints(ckpt_dir: Path, keep_best: bool) -> None:
     """Once the record is written the resume checkpoint has done its job; the best one stays
     only where asked (``keep_checkpoint=true``)."""
-    for name in ("last.ckpt", *(() if keep_best else ("best.ckpt",))):
+    for name in (LAST, f".{LAST}.tmp", *(() if keep_best else ("best.ckpt",))):
         (ckpt_dir / name).unlink(missing_ok=True)
 
 

@@ -43,7 +43,8 @@ from .identity import (Origin, beyond_edge, extended_run, identity, run_config, 
 from .labels import label
 from .record import (config_key, device_info, find_finished, git_sha, new_run_id,
                      package_versions, write_record)
-from .run_files import discard_run_dir, drop_checkpoints, exclusive, prune_empty, resume_point
+from .run_files import (discard_run_dir, drop_checkpoints, exclusive, last_checkpoint,
+                        prune_empty, resume_point)
 from .validate import ConfigError, check
 
 log = logging.getLogger("zoo.train")
@@ -102,12 +103,12 @@ def _callbacks(cfg: DictConfig, es: dict[str, Any], ckpt_dir: Path) -> tuple[lis
     from .progress import StepProgressBar
 
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=es["monitor"], mode=es["mode"],
-                           save_top_k=1, filename="best", save_last=bool(cfg.get("resume")),
-                           enable_version_counter=False)
+                           save_top_k=1, filename="best", enable_version_counter=False)
     cbs: list = [
         EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"],
                       stopping_threshold=es.get("stopping_threshold"), check_finite=True),
         ckpt,
+        *([last_checkpoint(ckpt_dir)] if cfg.get("resume") else []),  # resume's point
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         cbs.append(StepProgressBar(refresh_rate=cfg.get("progress_refresh_rate", 10)))

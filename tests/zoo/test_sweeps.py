@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -61,6 +62,30 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(make_cfg, tmp_path)
     # a different seed is a different run
     other = run(make_cfg("resume=true", f"checkpoint_dir={ckpt}", "seed=1"))
     assert other["run_id"] != rec["run_id"] and len(records(tmp_path / "results")) == 2
+
+
+class NoImprovement(Callback):
+    """Reports the same validation metrics every time (after the module logs them, before the
+    checkpoint callbacks read them): from the second validation on nothing improves."""
+
+    def on_validation_end(self, trainer, module):
+        for k in [k for k in trainer.callback_metrics if k.startswith("val/")]:
+            trainer.callback_metrics[k] = torch.tensor(0.5)
+
+
+def test_a_run_on_a_plateau_resumes_from_its_latest_validation(make_cfg, tmp_path):
+    """last.ckpt follows every validation, improved or not (Lightning's save_last followed only
+    improvements, so a killed run on a plateau redid every step since its best)."""
+    ckpt = tmp_path / "ckpt"
+    cfg = make_cfg("resume=true", f"checkpoint_dir={ckpt}", "trainer.max_steps=12")
+    with pytest.raises(Crash):
+        run(cfg, callbacks=[NoImprovement(), CrashAt(10)])
+    (last,) = ckpt.rglob("last.ckpt")
+    assert torch.load(last, weights_only=False)["global_step"] == 8  # validations at 4 and 8
+    assert torch.load(last.parent / "best.ckpt", weights_only=False)["global_step"] == 4
+    assert not list(ckpt.rglob("*.tmp"))
+    rec = run(cfg)
+    assert rec["status"] == "completed" and rec["resumed_from_step"] == 8 and rec["steps"] == 12
 
 
 def test_unreadable_checkpoint_starts_afresh(make_cfg, tmp_path):
