@@ -3,7 +3,7 @@
 backward, a loop per batch row over the ``[d_state, D_in]`` state, vectorised over the
 channels, threads splitting the batch rows (results bit-identical for any number of threads);
 and the short convolution before it, ``_shortconv._CausalConv``'s computation
-(``CausalConv``).
+(``_CompiledConv``; ``_shortconv.CausalConv`` dispatches to it).
 
 Built lazily, at the first call that can use it: ``$ZOO_CC`` (default ``cc``) compiles the
 source into ``$ZOO_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/zoo/kernels``, or
@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from ._shortconv import _CausalConv
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
 # No -ffast-math: under gcc 12 it links crtfastmath.o even into a shared object, which sets
@@ -193,22 +192,6 @@ class _CompiledScan(torch.autograd.Function):
         return gu, gdelta, gA, gB, gC, gD, gz, None
 
 
-class CausalConv:
-    """``_shortconv._CausalConv`` with the compiled path: ``CausalConv.apply(u, w, b)`` is
-    ``silu(conv_causal(u))`` over time-major ``u [T, B, C]`` (channels contiguous, any strides
-    otherwise: a view of the input projection's output is read in place, and a transposed
-    ``[B, T, C]`` gives a transposed ``[B, T, C]`` back), taps ``w [C, k]``, bias ``b [C]`` or
-    None; compiled from C for fp32 CPU tensors where the library builds, else ``_CausalConv``
-    itself."""
-
-    @staticmethod
-    def apply(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        if (u.dtype == w.dtype == torch.float32 and u.stride(-1) == 1
-                and (b is None or b.dtype == torch.float32) and usable(u, w)):
-            return _CompiledConv.apply(u, w, b)
-        return _CausalConv.apply(u, w, b)
-
-
 def _layout_of(u: torch.Tensor) -> tuple[int, int, int, bool]:
     """``[T, B, C]`` and whether u's rows are batch-major in memory (a transposed
     ``[B, T, C]``): the outputs take that layout, as ``_CausalConv``'s do."""
@@ -227,7 +210,7 @@ def _as_layout(g: torch.Tensor, batch_major: bool) -> torch.Tensor:
 
 
 class _CompiledConv(torch.autograd.Function):
-    """``CausalConv`` in C: the taps' products in the order ``_CausalConv`` adds them, the
+    """``_shortconv._CausalConv`` in C: the taps' products in the order it adds them, the
     taps' and bias' gradients summed per batch row, then over rows in a fixed order."""
 
     @staticmethod

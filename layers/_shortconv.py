@@ -14,8 +14,9 @@ projections, the zero inputs before the start project to the zero padding of the
 
 ``_CausalConv`` (also ``mamba``'s and ``mamba2``'s convolution) computes it as shifted
 multiply-adds over the time axis with a hand-written backward, channels the contiguous axis;
-with ``compiled`` (the owner's ``use_kernels``), fp32 CPU tensors take the same computation
-compiled from C (``_cscan.CausalConv``, mamba's; ``_CausalConv`` where it does not build).
+``CausalConv`` (``ShortConv``'s with ``compiled``, the owner's ``use_kernels``; mamba's and
+mamba2's with theirs) runs the same computation compiled from C (``_cscan._CompiledConv``) on
+fp32 CPU tensors where it builds, ``_CausalConv`` otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._cscan import _CompiledConv, usable
 
 
 class ShortConv(nn.Module):
@@ -45,7 +48,7 @@ class ShortConv(nn.Module):
         its depthwise backward took 9 of deltanet's 56 ms at the recall frontier's shape)."""
         if self.conv is None:
             return z
-        conv = compiled_conv() if self.compiled else _CausalConv
+        conv = CausalConv if self.compiled else _CausalConv
         return conv.apply(z.transpose(0, 1), self.conv.weight[:, 0, :], None).transpose(0, 1)
 
     def state_size(self, d_model: int) -> int:
@@ -66,11 +69,20 @@ class ShortConv(nn.Module):
         return x, x[:, 1:]
 
 
-def compiled_conv() -> Any:
-    """``_cscan.CausalConv``: ``_CausalConv``'s computation compiled from C for fp32 CPU
-    tensors, ``_CausalConv`` itself otherwise (imported here: ``_cscan`` imports this module)."""
-    from ._cscan import CausalConv
-    return CausalConv
+class CausalConv:
+    """``_CausalConv`` with the compiled path: ``CausalConv.apply(u, w, b)`` is
+    ``silu(conv_causal(u))`` over time-major ``u [T, B, C]`` (channels contiguous, any strides
+    otherwise: a view of the input projection's output is read in place, and a transposed
+    ``[B, T, C]`` gives a transposed ``[B, T, C]`` back), taps ``w [C, k]``, bias ``b [C]`` or
+    None; compiled from C (``_cscan._CompiledConv``) for fp32 CPU tensors where the library
+    builds, else ``_CausalConv`` itself."""
+
+    @staticmethod
+    def apply(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if (u.dtype == w.dtype == torch.float32 and u.stride(-1) == 1
+                and (b is None or b.dtype == torch.float32) and usable(u, w)):
+            return _CompiledConv.apply(u, w, b)
+        return _CausalConv.apply(u, w, b)
 
 
 class _CausalConv(torch.autograd.Function):

@@ -44,11 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._cscan import CausalConv
 from ._dispatch import kernel_module
 from ._recurrence import causal_operator, naive_recurrence
 from ._selective_scan import selective_scan
-from ._shortconv import _CausalConv
+from ._shortconv import CausalConv, _CausalConv
 from .registry import SequenceMixer, register
 
 

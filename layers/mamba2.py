@@ -40,7 +40,7 @@ from torch import nn
 
 from ._dispatch import call_time_major, fp32, kernel_module
 from ._recurrence import causal_operator, chunked_ssd, naive_recurrence
-from ._shortconv import _CausalConv, compiled_conv
+from ._shortconv import CausalConv, _CausalConv
 from .registry import SequenceMixer, register
 
 
@@ -107,7 +107,7 @@ class Mamba2(SequenceMixer):
         z, xBC, dt = self.in_proj(x).split(self.widths, -1)
         # the convolution keeps xBC's [B, T, Di+2N] rows, as the kernel reads them (compiled
         # from C with use_kernels on the CPU: it reads the strided view and writes whole rows)
-        conv = compiled_conv() if self.use_kernels else _CausalConv
+        conv = CausalConv if self.use_kernels else _CausalConv
         xBC = conv.apply((xBC if self.use_kernels else xBC.contiguous()).transpose(0, 1),
                          self.conv.weight[:, 0, :], self.conv.bias).transpose(0, 1)
         u, Bm, Cm = xBC.float().split([self.d_inner, self.d_state, self.d_state], -1)

@@ -14,7 +14,7 @@ import layers
 from layers import _cscan
 from layers._recurrence import naive_recurrence
 from layers._selective_scan import selective_scan
-from layers._shortconv import _CausalConv
+from layers._shortconv import CausalConv, _CausalConv
 from layers.testing import assert_matches_reference, assert_rel_close, rel_rms_error
 
 needs_build = pytest.mark.skipif(_cscan.library() is None, reason="the C code does not build here")
@@ -214,10 +214,10 @@ def test_compiled_conv_matches_causal_conv_and_loop(T, bias, batch_major):
 
     def run(conv):
         return lambda *_: conv(u[..., :20], w, b)
-    y = _cscan.CausalConv.apply(u[..., :20], w, b)
+    y = CausalConv.apply(u[..., :20], w, b)
     assert "_CompiledConvBackward" in _grad_fns(y)
     assert y.stride() == _CausalConv.apply(u[..., :20], w, b).stride()
-    fast = output_and_grads(run(_cscan.CausalConv.apply), wrt)
+    fast = output_and_grads(run(CausalConv.apply), wrt)
     for name, ref in (("_CausalConv", run(_CausalConv.apply)), ("F.conv1d", run(conv_loop))):
         for what, a, e in zip(["output", "u", "w", "b"], fast, output_and_grads(ref, wrt)):
             assert_rel_close(a, e, 2e-6, what=f"{what} vs {name}")
@@ -232,7 +232,7 @@ def test_compiled_conv_bit_identical_across_threads(batch_major):
         runs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            runs.append(output_and_grads(lambda *_: _cscan.CausalConv.apply(u[..., :20], w, b),
+            runs.append(output_and_grads(lambda *_: CausalConv.apply(u[..., :20], w, b),
                                          [u, w, b]))
     finally:
         torch.set_num_threads(before)
@@ -243,7 +243,7 @@ def test_compiled_conv_bit_identical_across_threads(batch_major):
 def test_conv_falls_back_to_causal_conv_off_fp32():
     """bf16 (autocast's input projection) runs _CausalConv, as before."""
     u, w, b = (t.detach().bfloat16() for t in conv_inputs(10))
-    y = _cscan.CausalConv.apply(u[..., :20], w, b)
+    y = CausalConv.apply(u[..., :20], w, b)
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, _CausalConv.apply(u[..., :20], w, b))
 
@@ -348,7 +348,7 @@ def test_pthreads_build_when_openmp_does_not_compile_gives_the_same_bits(monkeyp
         torch.set_num_threads(2)
         try:
             return (output_and_grads(variant(compiled, softplus=True), args)
-                    + output_and_grads(lambda *_: _cscan.CausalConv.apply(u[..., :20], w, b),
+                    + output_and_grads(lambda *_: CausalConv.apply(u[..., :20], w, b),
                                        [u, w, b]))
         finally:
             torch.set_num_threads(before)
