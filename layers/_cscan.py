@@ -130,7 +130,10 @@ def library() -> ctypes.CDLL | None:
     lib.s6_backward.argtypes = [p] * 20 + [i64] * 5 + [ctypes.c_int]
     lib.conv_forward.argtypes = [p] * 5 + [i64] * 8 + [ctypes.c_int]
     lib.conv_backward.argtypes = [p] * 9 + [i64] * 8 + [ctypes.c_int]
-    for f in (lib.s6_forward, lib.s6_backward, lib.conv_forward, lib.conv_backward):
+    lib.xent_sums.argtypes = [p] * 3 + [i64] * 2 + [ctypes.c_int]
+    lib.xent_grad.argtypes = [p] * 3 + [ctypes.c_float, p] + [i64] * 2 + [ctypes.c_int]
+    for f in (lib.s6_forward, lib.s6_backward, lib.conv_forward, lib.conv_backward,
+              lib.xent_sums, lib.xent_grad):
         f.restype = ctypes.c_int
     return lib
 

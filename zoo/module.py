@@ -34,11 +34,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 import tasks
 from .metrics import Sums
 from .model import Backbone, param_groups
+from layers.xent import cross_entropy
 
 
 # Summed over batches (and DDP ranks) before any metric is computed: micro averages. Subsets
@@ -90,7 +90,7 @@ class ZooModule(L.LightningModule):
         x, y = batch
         sel = y != tasks.IGNORE
         logits = self.model.head(self.model.hidden(x)[sel])  # [M, V]: supervised positions only
-        loss = F.cross_entropy(logits.float(), y[sel])
+        loss = cross_entropy(logits.float(), y[sel])  # F.cross_entropy's, compiled on the CPU
         return loss, logits, y
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):

@@ -523,3 +523,64 @@ int conv_backward(const float *u, const float *w, const float *pre, const float 
     }
     return 0;
 }
+
+/* Softmax cross-entropy over the rows of logits [n, V] (contiguous) with targets y [n] (each in
+ * [0, V)), for zoo's training loss (layers/xent.py): one pass over a row for its max, one for
+ * sum_j 2^((l_j - max) log2(e)), lse = max + log(sum) (the log in the caller); the backward
+ * writes grad = scale (softmax(l) - onehot(y)) in one pass. Threads share out the rows; each
+ * row's sums are in the order the source gives, so the results are the same for any number of
+ * threads. */
+typedef struct {
+    Rows rows;
+    const float *logits, *lse;
+    const long long *y;
+    float *sums, *maxes, *grad;
+    float scale;
+    i64 V;
+} XentJob;
+
+static void xent_sums_rows(XentJob *j) {
+    const i64 V = j->V;
+    for (i64 r; (r = next_row(&j->rows)) < j->rows.B;) {
+        const float *restrict l = j->logits + r * V;
+        float m = l[0];
+        for (i64 v = 1; v < V; v++) m = l[v] > m ? l[v] : m;
+        float s = 0.0f;
+        const float ml = m * LOG2E;
+#pragma omp simd reduction(+:s)
+        for (i64 v = 0; v < V; v++) s += exp2_ps(l[v] * LOG2E - ml);
+        j->maxes[r] = m;
+        j->sums[r] = s;
+    }
+}
+
+static void xent_grad_rows(XentJob *j) {
+    const i64 V = j->V;
+    const float scale = j->scale;
+    for (i64 r; (r = next_row(&j->rows)) < j->rows.B;) {
+        const float *restrict l = j->logits + r * V;
+        float *restrict g = j->grad + r * V;
+        const float ll = j->lse[r] * LOG2E;
+#pragma omp simd
+        for (i64 v = 0; v < V; v++) g[v] = scale * exp2_ps(l[v] * LOG2E - ll);
+        g[j->y[r]] -= scale;
+    }
+}
+
+static void *xent_sums_worker(void *arg) { xent_sums_rows((XentJob *)arg); return NULL; }
+static void *xent_grad_worker(void *arg) { xent_grad_rows((XentJob *)arg); return NULL; }
+
+/* maxes, sums [n]: each row's max and sum of exp(l - max). */
+int xent_sums(const float *logits, float *maxes, float *sums, i64 n, i64 V, int threads) {
+    XentJob job = {0};
+    job.logits = logits; job.maxes = maxes; job.sums = sums; job.V = V;
+    return split_rows(&job, sizeof job, n, threads, xent_sums_worker);
+}
+
+/* grad [n, V] = scale (exp(l - lse) - onehot(y)). */
+int xent_grad(const float *logits, const long long *y, const float *lse, float scale,
+              float *grad, i64 n, i64 V, int threads) {
+    XentJob job = {0};
+    job.logits = logits; job.y = y; job.lse = lse; job.scale = scale; job.grad = grad; job.V = V;
+    return split_rows(&job, sizeof job, n, threads, xent_grad_worker);
+}

@@ -8,6 +8,7 @@ import torch
 
 import layers
 import tasks
+from layers.xent import cross_entropy
 from .timing import best_of
 
 
@@ -35,11 +36,11 @@ def frontier_setting() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
 def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, sel: torch.Tensor, dev: torch.device) -> Callable[[], None]:
     """One training step as ``zoo.module`` takes it: the head at the supervised positions only,
-    cross-entropy, backward, the optimiser's step."""
+    its cross-entropy (``layers.xent``), backward, the optimiser's step."""
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         logits = model.head(model.hidden(x)[sel])
-        torch.nn.functional.cross_entropy(logits.float(), y[sel]).backward()
+        cross_entropy(logits.float(), y[sel]).backward()
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
