@@ -245,6 +245,7 @@ class _CompiledConv(torch.autograd.Function):
         return gu, gwt.t(), gb
 
 
-def _check(status: int) -> None:
+def _check(status: int, what: str = "mamba: the compiled CPU scan") -> None:
+    """A C function's status: 0, or -1 where it could not allocate its buffers."""
     if status != 0:
-        raise MemoryError("mamba: the compiled CPU scan could not allocate its buffers")
+        raise MemoryError(f"{what} could not allocate its buffers")

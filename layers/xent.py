@@ -1,7 +1,8 @@
 """The softmax cross-entropy of a language-model head, compiled from C on the CPU (the kernel
-library of ``_cscan``: ``xent_sums``, ``xent_grad``), as zoo's training loss uses it: the same loss and gradient as ``F.cross_entropy``
-(mean over the rows, no ignored targets) in two passes over the logits forward (each row's
-max and sum of exponentials) and one backward (``(softmax - onehot) / n`` written once).
+library of ``_cscan``: ``xent_sums``, ``xent_grad``), as zoo's training loss uses it: the same
+loss and gradient as ``F.cross_entropy`` (mean over the rows, no ignored targets) in two passes
+over the logits forward (each row's max and sum of exponentials) and one backward
+(``(softmax - onehot) / n`` written once).
 torch's log-softmax, the negative log-likelihood, its zero-filled gradient and the
 log-softmax backward pass over the ``[rows, vocabulary]`` logits five times: at the recall
 frontier's shape (592 supervised positions x 8,192 tokens) they took about a quarter of a
@@ -20,7 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._cscan import library, usable
+from ._cscan import _check, library, usable
+
+WHAT = "cross_entropy: the compiled kernel"
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -42,7 +45,7 @@ class _CompiledCrossEntropy(torch.autograd.Function):
         (n, V), lib = logits.shape, library()
         maxes, sums = logits.new_empty(n), logits.new_empty(n)
         _check(lib.xent_sums(logits.data_ptr(), maxes.data_ptr(), sums.data_ptr(), n, V,
-                             torch.get_num_threads()))
+                             torch.get_num_threads()), WHAT)
         lse = maxes + sums.log()
         ctx.save_for_backward(logits, y, lse)
         return (lse - logits.gather(1, y[:, None])[:, 0]).mean()
@@ -54,10 +57,6 @@ class _CompiledCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(logits)
         _check(library().xent_grad(logits.data_ptr(), y.data_ptr(), lse.data_ptr(),
                                    float(g) / n, grad.data_ptr(), n, V,
-                                   torch.get_num_threads()))
+                                   torch.get_num_threads()), WHAT)
         return grad, None
 
-
-def _check(status: int) -> None:
-    if status != 0:
-        raise MemoryError("cross_entropy: the compiled kernel could not allocate its buffers")
